@@ -1,0 +1,1 @@
+"""Domain, persistence and counting engine of the distributed counter (no Chalice imports)."""
