@@ -54,7 +54,5 @@ def stream_mapping_properties() -> dict[str, Any]:
         "BisectBatchOnFunctionError": STREAM_BISECT_ON_ERROR,
         "ParallelizationFactor": STREAM_PARALLELIZATION_FACTOR,
         "FunctionResponseTypes": list(STREAM_FUNCTION_RESPONSE_TYPES),
-        "FilterCriteria": {
-            "Filters": [{"Pattern": json.dumps(p)} for p in STREAM_FILTER_PATTERNS]
-        },
+        "FilterCriteria": {"Filters": [{"Pattern": json.dumps(p)} for p in STREAM_FILTER_PATTERNS]},
     }

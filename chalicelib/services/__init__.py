@@ -1,0 +1,1 @@
+"""Use cases: validation, limits and orchestration over the repositories."""
