@@ -1,0 +1,1 @@
+"""Infrastructure of the distributed counter: data template, deploy tooling, local runtime."""
