@@ -8,8 +8,17 @@ import logging
 from collections.abc import Callable
 from typing import Any, ParamSpec
 
-from chalice.app import Chalice, Request, Response
+from chalice.app import (
+    Chalice,
+    CloudWatchEvent,
+    DynamoDBEvent,
+    Rate,
+    Request,
+    Response,
+    SQSEvent,
+)
 
+from chalicelib import event_sources
 from chalicelib.bootstrap import container
 from chalicelib.errors import CounterError
 from chalicelib.problems import PROBLEM_JSON, Problem, internal_error, problem_for
@@ -32,7 +41,9 @@ from chalicelib.schemas import (
     parse_id,
     parse_query,
 )
+from chalicelib.settings import get_settings
 
+settings = get_settings()
 app = Chalice(app_name="distributed-counter")
 app.log.setLevel(logging.INFO)
 P = ParamSpec("P")
@@ -203,3 +214,30 @@ def delete_service(service_id: str) -> dict[str, Any]:
     service_id = parse_id("service_id", service_id)
     container().service_service.delete(_owner(), service_id)
     return {"deleted": True}
+
+
+# -- counting engine ----------------------------------------------------------------
+
+
+@app.on_dynamodb_record(
+    stream_arn=settings.stream_arn,
+    batch_size=event_sources.STREAM_BATCH_SIZE,
+    starting_position=event_sources.STREAM_STARTING_POSITION,
+    maximum_batching_window_in_seconds=event_sources.STREAM_BATCHING_WINDOW_SECONDS,
+)
+def handle_stream_records(event: DynamoDBEvent) -> dict[str, Any]:
+    """Stream batch -> eventual counter; partial failures resume at the first failed record."""
+    return container().processor.process(event.to_dict()["Records"]).response()
+
+
+@app.on_sqs_message(queue=settings.tier1_queue_name, batch_size=event_sources.TIER1_BATCH_SIZE)
+def handle_dead_letters(event: SQSEvent) -> None:
+    """Tier 1: replay a failed stream range (raising keeps the message for a retry)."""
+    for record in event:
+        container().replayer.replay(record.body)
+
+
+@app.schedule(Rate(settings.heal_every_minutes, unit=Rate.MINUTES))
+def heal_counters(event: CloudWatchEvent) -> dict[str, int]:
+    """Reconcile the best-effort counter of quiet accounts with the eventual count."""
+    return container().healer.run().tally()

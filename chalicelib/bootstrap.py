@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING
 
 import boto3
 from botocore.config import Config
 
+from chalicelib.counting.dead_letters import Tier2Queue
+from chalicelib.counting.healer import Healer
+from chalicelib.counting.processor import StreamProcessor
+from chalicelib.counting.replay import DeadLetterReplayer
 from chalicelib.repositories.accounts import AccountRepository
 from chalicelib.repositories.counts import CountRepository
+from chalicelib.repositories.ledger import CountLedger
 from chalicelib.repositories.services import ServiceRepository
 from chalicelib.services.accounts import AccountService
 from chalicelib.services.services import ServiceService
@@ -18,6 +24,8 @@ from chalicelib.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
+    from mypy_boto3_dynamodbstreams import DynamoDBStreamsClient
+    from mypy_boto3_sqs import SQSClient
 
 
 @dataclass
@@ -83,6 +91,56 @@ class Container:
     @cached_property
     def service_service(self) -> ServiceService:
         return ServiceService(self.accounts, self.services)
+
+    @cached_property
+    def streams(self) -> DynamoDBStreamsClient:
+        return boto3.client(
+            "dynamodbstreams",
+            config=self._config(mode="standard", total_max_attempts=self.settings.max_attempts),
+        )
+
+    @cached_property
+    def sqs(self) -> SQSClient:
+        return boto3.client(
+            "sqs",
+            config=self._config(mode="standard", total_max_attempts=self.settings.max_attempts),
+        )
+
+    @cached_property
+    def ledger(self) -> CountLedger:
+        return CountLedger(self.dynamodb, self.settings.table_name)
+
+    @cached_property
+    def processor(self) -> StreamProcessor:
+        return StreamProcessor(
+            self.ledger,
+            self.accounts,
+            self.counts,
+            self.services,
+            attempts=self.settings.processor_attempts,
+        )
+
+    @cached_property
+    def healer(self) -> Healer:
+        return Healer(
+            self.accounts,
+            self.services,
+            self.counts,
+            self.processor,
+            quiet=timedelta(seconds=self.settings.heal_quiet_seconds),
+            stuck_after=timedelta(seconds=self.settings.stuck_after_seconds),
+            batch_limit=self.settings.heal_batch_limit,
+        )
+
+    @cached_property
+    def replayer(self) -> DeadLetterReplayer:
+        return DeadLetterReplayer(
+            self.processor, self.streams, self.dynamodb, self.settings.table_name
+        )
+
+    def tier2_queue(self) -> Tier2Queue:
+        url = self.sqs.get_queue_url(QueueName=self.settings.tier2_queue_name)["QueueUrl"]
+        return Tier2Queue(self.sqs, url, self.replayer)
 
 
 _container: Container | None = None

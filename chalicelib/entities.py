@@ -57,6 +57,8 @@ class Account(_Entity):
     #: Last eventual count (EC) the stream processor copied here, and its version.
     ec_hint: int = 0
     ec_version: int = 0
+    #: Set while the account awaits the healer (it is in the HealIndex).
+    heal_since: str | None = None
     created_at: str
     updated_at: str
 

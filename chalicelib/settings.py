@@ -29,12 +29,16 @@ class Settings(BaseSettings):
     #: Attempts for calls that are safe to retry (reads, decrements, conditional
     #: writes that prove non-application).
     max_attempts: int = Field(default=5, ge=1)
+    #: Transactions the processor tries per account per batch before reporting failure.
+    processor_attempts: int = Field(default=8, ge=1)
     heal_quiet_seconds: float = Field(default=120.0, gt=0)
     heal_shards: int = Field(default=4, ge=1, le=100)
     heal_batch_limit: int = Field(default=100, ge=1)
     #: A pending service older than this is treated as stuck: the healer replays it
     #: from the table (the stream gave up on it or trimmed it).
     stuck_after_seconds: float = Field(default=900.0, gt=0)
+    #: Minutes between scheduled healer runs.
+    heal_every_minutes: int = Field(default=5, ge=1)
 
     @model_validator(mode="after")
     def _quiet_period_outlasts_requests(self) -> Settings:
