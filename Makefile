@@ -25,5 +25,10 @@ format: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# Installs everything the suite needs, then runs it; the fixtures start the
+# embedded backend and the API server themselves.
+test: $(STAMP)
+	$(BIN)/pytest
+
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis
