@@ -14,6 +14,12 @@ $(STAMP): requirements.txt requirements-dev.txt
 
 venv: $(STAMP)
 
+# The whole app on this machine: embedded backend (127.0.0.1:4566), the stack,
+# the stream/queue/schedule handlers and the API (127.0.0.1:8000). Ctrl-C stops it.
+# Extra flags: make run RUN_ARGS="--backend-url http://127.0.0.1:4566 --port 8001"
+run: $(STAMP)
+	$(BIN)/python -m infrastructure.local $(RUN_ARGS)
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

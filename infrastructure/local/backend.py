@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -223,6 +224,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--port", type=int, default=DEFAULT_PORT, help="port on 127.0.0.1 (0: any free port)"
     )
+    parser.add_argument(
+        "--parent-pid",
+        type=int,
+        default=None,
+        help="stop when this process is gone (an orchestrator that was killed)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s backend %(message)s")
 
@@ -241,7 +248,12 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("cannot listen on %s:%s: %s", DEFAULT_HOST, args.port, error)
         return 1
     logger.info("moto server (requests serialised) listening on %s", url)
-    stop.wait()
+    # Wake once a second to notice an orphaning: a killed orchestrator cannot stop
+    # us, and a leftover backend would hold the port for the next run.
+    while not stop.wait(1.0):
+        if args.parent_pid is not None and os.getppid() != args.parent_pid:
+            logger.info("parent %s is gone", args.parent_pid)
+            break
     backend.stop()
     logger.info("stopped")
     return 0
