@@ -20,6 +20,7 @@ from chalicelib.entities import (
     timestamp,
     utc_now,
 )
+from chalicelib.errors import AccountNotEmptyError
 from chalicelib.repositories.dynamo import (
     CONDITION_FAILED,
     decode_cursor,
@@ -226,7 +227,11 @@ class AccountRepository:
         return Account.model_validate(from_item(response["Attributes"]))
 
     def delete(self, account_id: str) -> bool:
-        """Delete the Account and its Count item; ``False`` if it did not exist."""
+        """Delete the Account and its Count item; ``False`` if it did not exist.
+
+        The Count item must be at zero: a service counted after the caller checked for
+        services makes this fail with ``AccountNotEmptyError`` instead of orphaning it.
+        """
         pk = account_pk(account_id)
         try:
             with unavailable_as_domain_error("delete account"):
@@ -243,14 +248,22 @@ class AccountRepository:
                             "Delete": {
                                 "TableName": self._table,
                                 "Key": to_item({"PK": pk, "SK": count_sk()}),
+                                "ConditionExpression": (
+                                    "attribute_not_exists(PK) OR count_value = :zero"
+                                ),
+                                "ExpressionAttributeValues": to_values({":zero": 0}),
                             }
                         },
                     ]
                 )
         except ClientError as error:
-            if error_code(error) == "TransactionCanceledException":
+            if error_code(error) != "TransactionCanceledException":
+                raise
+            reasons = error.response.get("CancellationReasons", [])
+            if reasons and reasons[0].get("Code") == "ConditionalCheckFailed":
                 return False
-            raise
+            # The count is not zero, or the stream processor is mid-transaction on it.
+            raise AccountNotEmptyError(account_id) from error
         return True
 
     # -- best-effort counter -------------------------------------------------------
