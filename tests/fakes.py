@@ -112,7 +112,11 @@ class Scripted:
 
 
 class Script:
-    """Per-method queues of scripted results, consumed in order."""
+    """Per-method queues of scripted results, consumed in order.
+
+    Every method runs a scripted ``before``; only ``increment``, ``decrement`` and
+    ``soft_delete`` (the outcomes that races and faults change) honour a ``result``.
+    """
 
     def __init__(self) -> None:
         self._queues: dict[str, deque[Scripted]] = {}
@@ -376,7 +380,7 @@ class FakeServiceRepository(_Recorder, ServiceRepository):
 
     def soft_delete(self, account_id: str, service_id: str, request_id: str) -> SoftDeleteOutcome:
         scripted = self._scripted("soft_delete", account_id, service_id, request_id)
-        if scripted is not None:
+        if scripted is not None and scripted.result is not None:
             result: SoftDeleteOutcome = scripted.result
             return result
         item = self._item(account_id, service_id)
