@@ -55,12 +55,18 @@ def _problem_response(problem: Problem) -> Response:
 
 
 def api(view: Callable[P, Any]) -> Callable[P, Response]:
-    """Route wrapper: domain errors -> their problem; anything else -> logged 500."""
+    """Route wrapper: domain errors -> their problem; anything else -> logged 500.
+
+    A view returns its JSON body, or a whole ``Response`` (other content types).
+    """
 
     @functools.wraps(view)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> Response:
         try:
-            return Response(body=view(*args, **kwargs), status_code=200)
+            result = view(*args, **kwargs)
+            if isinstance(result, Response):
+                return result
+            return Response(body=result, status_code=200)
         except CounterError as error:
             return _problem_response(problem_for(error))
         except Exception:
