@@ -25,7 +25,10 @@ EVENTS_DIR: Final = Path(__file__).resolve().parent
 
 ACCOUNT_ID: Final = "00000000-0000-4000-8000-0000000000a1"
 SERVICE_IDS: Final = tuple(f"00000000-0000-4000-8000-00000000051{n}" for n in range(1, 5))
-STREAM_ARN: Final = "arn:aws:dynamodb:us-east-1:123456789012:table/distributed-counter/stream/2024-01-01T00:00:00.000"
+STREAM_ARN: Final = (
+    "arn:aws:dynamodb:us-east-1:123456789012:table/distributed-counter"
+    "/stream/2024-01-01T00:00:00.000"
+)
 SHARD_ID: Final = "shardId-00000001704067200000-00000000"
 TIER1_QUEUE_ARN: Final = "arn:aws:sqs:us-east-1:123456789012:distributed-counter-dlq-tier1"
 
