@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Mapping
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic.json_schema import SkipJsonSchema
 
 from chalicelib.entities import Account, Count, Service
 from chalicelib.errors import FieldError, MalformedRequestError, ValidationFailedError
@@ -127,6 +128,46 @@ class Usage(BaseModel):
 
 class Health(BaseModel):
     status: str
+
+
+class Deleted(BaseModel):
+    """What a successful DELETE answers."""
+
+    deleted: Literal[True]
+
+
+def _no_default(schema: dict[str, Any]) -> None:
+    # Absent, never null: a ``default: null`` would document a value that never appears.
+    schema.pop("default", None)
+
+
+class FieldErrorOut(BaseModel):
+    """One invalid input: where (``body.name``, ``query.limit``, ``path.account_id``) and why."""
+
+    location: str
+    message: str
+
+
+class ProblemOut(BaseModel):
+    """Every error body: RFC 9457 problem details, as ``application/problem+json``.
+
+    Closed on purpose: an extension member that is not listed here is a contract change.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: str = Field(description="URI naming the problem kind (``about:blank`` for HTTP ones)")
+    title: str
+    status: int = Field(ge=400, le=599, description="The HTTP status code, repeated")
+    detail: str
+    errors: list[FieldErrorOut] | SkipJsonSchema[None] = Field(
+        default=None, description="422 only: every invalid input", json_schema_extra=_no_default
+    )
+    limit: int | SkipJsonSchema[None] = Field(
+        default=None,
+        description="``service-limit-reached`` only: the account's limit",
+        json_schema_extra=_no_default,
+    )
 
 
 M = TypeVar("M", bound=BaseModel)
