@@ -18,7 +18,7 @@ from chalice.app import (
     SQSEvent,
 )
 
-from chalicelib import event_sources
+from chalicelib import event_sources, openapi, swagger
 from chalicelib.bootstrap import container
 from chalicelib.errors import CounterError
 from chalicelib.problems import PROBLEM_JSON, Problem, internal_error, problem_for
@@ -220,6 +220,51 @@ def delete_service(service_id: str) -> dict[str, Any]:
     service_id = parse_id("service_id", service_id)
     container().service_service.delete(_owner(), service_id)
     return {"deleted": True}
+
+
+# -- API explorer: the OpenAPI document and Swagger UI -------------------------------
+
+
+def _mount(route: str) -> str:
+    """The stage prefix this request came through (``/api`` on API Gateway, else ``""``)."""
+    return swagger.mount_path(_request().context.get("path"), route)
+
+
+def _document(route: str) -> Response:
+    body = openapi.document_json(_mount(route) or "/")
+    return Response(body=body, status_code=200, headers={"Content-Type": "application/json"})
+
+
+def _static(file: swagger.StaticFile) -> Response:
+    headers: dict[str, str | list[str]] = {
+        "Content-Type": file.content_type,
+        "Cache-Control": file.cache_control,
+    }
+    return Response(body=file.body, status_code=200, headers=headers)
+
+
+@app.route("/openapi.json", methods=["GET"])
+@api
+def openapi_document() -> Response:
+    return _document("/openapi.json")
+
+
+@app.route("/swagger/json", methods=["GET"])
+@api
+def swagger_document() -> Response:
+    return _document("/swagger/json")
+
+
+@app.route("/swagger", methods=["GET"])
+@api
+def swagger_ui() -> Response:
+    return _static(swagger.page(_mount("/swagger")))
+
+
+@app.route("/swagger/{asset}", methods=["GET"])
+@api
+def swagger_asset(asset: str) -> Response:
+    return _static(swagger.asset(asset))
 
 
 # -- counting engine ----------------------------------------------------------------
