@@ -21,6 +21,7 @@ from typing import Any
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 from chalice import Chalice, Rate
 
 from chalicelib import event_sources as mapping
@@ -39,6 +40,7 @@ from infrastructure.local.event_sources import (
     StreamPollResult,
     StreamSettings,
     discover_event_handlers,
+    run_until_stopped,
     schedule_interval_seconds,
     start_event_sources,
 )
@@ -815,6 +817,62 @@ def test_the_poller_keeps_reading_after_a_failed_transaction(
 
     # THEN the poller still sees it
     assert [batch[0] for batch in handler.batches] == stream_sequence_numbers(streams, table)
+
+
+def test_a_poller_thread_stops_promptly_inside_a_batching_window(
+    ddb: Any, streams: Any, table: Table
+) -> None:
+    # GIVEN a poller gathering a batch with a 30 s window
+    put(ddb, table, "SERVICE#1")
+    handler = RecordingHandler()
+    settings = fast(batch_size=10, batching_window_seconds=30, idle_poll_seconds=0.05)
+    poller = StreamPoller(handler, streams, table.stream_arn, settings=settings)
+    stop = threading.Event()
+    thread = threading.Thread(target=poller.run, args=(stop,), daemon=True)
+    thread.start()
+    time.sleep(0.3)
+
+    # WHEN it is told to stop
+    stopped_at = time.monotonic()
+    stop.set()
+    thread.join(timeout=5)
+
+    # THEN it stops within a second
+    assert not thread.is_alive()
+    assert time.monotonic() - stopped_at < 1
+
+
+@dataclass(frozen=True)
+class Step:
+    idle: bool
+
+
+def test_the_run_loop_outlives_errors_and_is_bounded() -> None:
+    # GIVEN steps that fail with a backend error, then a bug, then work, then idle
+    error = ClientError({"Error": {"Code": "InternalFailure", "Message": "down"}}, "GetRecords")
+    script: list[Any] = [error, RuntimeError("bug"), Step(idle=False), Step(idle=True)]
+    calls = []
+
+    def poll_once() -> Step:
+        calls.append(1)
+        outcome = script[min(len(calls), len(script)) - 1]
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    # WHEN the loop runs with a poll budget
+    polls = run_until_stopped(
+        poll_once,
+        threading.Event(),
+        idle_seconds=0,
+        name="test",
+        error_backoff_seconds=0,
+        max_polls=6,
+    )
+
+    # THEN it kept going through both errors and stopped at the budget
+    assert polls == 6
+    assert len(calls) == 6
 
 
 # --------------------------------------------------------------------------------------
