@@ -117,8 +117,13 @@ class StreamProcessor:
     ) -> None:
         todo = {item: action for item, action in planned.items() if action is not None}
         touched = False
-        for attempt in range(self._attempts):
-            if not todo:
+        # ``attempts`` bounds the transactions that changed nothing (conflicts,
+        # throttling); a committed chunk or a re-planned item is progress. An item is
+        # re-planned at most twice (its states only move forward), so this bound is
+        # never reached while work gets done.
+        failures = 0
+        for _ in range(len(todo) * 3 + self._attempts):
+            if not todo or failures >= self._attempts:
                 break
             chunk = list(todo.items())[:MAX_ITEMS_PER_TRANSACTION]
             outcome = self._ledger.apply(account_id, chunk)
@@ -132,17 +137,24 @@ class StreamProcessor:
                     report.applied[action.value] = report.applied.get(action.value, 0) + 1
                     del todo[item_id]
                 continue
+            progressed = False
             for item_id, replanned in outcome.replanned.items():
                 if replanned is None:
                     del todo[item_id]
+                elif replanned is todo[item_id]:
+                    continue
                 else:
                     todo[item_id] = replanned
+                progressed = True
+            if not progressed:
+                failures += 1
             if outcome.contended:
-                self._sleep(backoff(attempt))
-        if todo:
-            raise AccountNotSettledError(f"{len(todo)} changes left for account {account_id}")
+                self._sleep(backoff(failures))
+        # Publish what was committed even if some changes are left for a retry.
         if touched:
             self._publish_hint(account_id)
+        if todo:
+            raise AccountNotSettledError(f"{len(todo)} changes left for account {account_id}")
 
     def _publish_hint(self, account_id: str) -> None:
         """Copy the eventual count onto the Account (never backwards); best effort."""
