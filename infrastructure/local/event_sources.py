@@ -786,8 +786,13 @@ class StreamPoller:
         if failed_at == 0:
             return self._retry_later(shard, batch, invocation, StreamOutcome.PARTIAL_FAILURE)
         self._checkpoint(shard, batch.records[failed_at - 1].sequence_number)
-        # Progress was made: what is left is a new batch with its own retry budget.
-        shard.work[-1] = _Batch(batch.records[failed_at:], skip_through=batch.skip_through)
+        # Progress was made: what is left is a new batch with its own retry budget,
+        # retried after the usual pause (the failure is usually contention).
+        shard.work[-1] = _Batch(
+            batch.records[failed_at:],
+            skip_through=batch.skip_through,
+            not_before=time.monotonic() + self._settings.retry_backoff_seconds,
+        )
         return self._result(
             StreamOutcome.PARTIAL_FAILURE, shard, sequence_numbers=invoked, invocation=invocation
         )

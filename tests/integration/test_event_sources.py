@@ -557,6 +557,33 @@ def test_a_failure_reported_at_the_first_record_counts_as_a_retry(
     assert message["DDBStreamBatchInfo"]["batchSize"] == 2
 
 
+def test_retries_wait_for_the_backoff(ddb: Any, streams: Any, table: Table) -> None:
+    # GIVEN a handler that fails once, and a 0.3 s retry backoff
+    put_services(ddb, table, 1)
+    responses = iter([ZeroDivisionError, None])
+
+    def behaviour(event: dict[str, Any]) -> None:
+        error = next(responses)
+        if error is not None:
+            raise error
+
+    handler = RecordingHandler(behaviour)
+    settings = fast(bisect_on_error=False, retry_backoff_seconds=0.3)
+    poller = StreamPoller(handler, streams, table.stream_arn, settings=settings)
+
+    # WHEN it fails, and is polled again at once and after the backoff
+    failed = poller.poll_once()
+    too_early = poller.poll_once()
+    time.sleep(0.35)
+    retried = poller.poll_once()
+
+    # THEN the retry waited for the backoff
+    assert failed.outcome is StreamOutcome.RETRYING
+    assert too_early.idle
+    assert retried.outcome is StreamOutcome.SUCCEEDED
+    assert len(handler.events) == 2
+
+
 @pytest.mark.parametrize(
     "response",
     [
