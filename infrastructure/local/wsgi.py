@@ -27,7 +27,7 @@ from chalice.config import Config
 from chalice.local import LocalChalice, LocalGateway, LocalGatewayException
 from waitress import wasyncore
 
-from infrastructure.local.backend import DEFAULT_HOST, wait_until_ready
+from infrastructure.local.backend import DEFAULT_HOST, BackendNotReadyError, wait_until_ready
 
 DEFAULT_PORT: Final = 8000
 DEFAULT_THREADS: Final = 8
@@ -219,7 +219,11 @@ class ApiServer:
         )
         self._thread = threading.Thread(target=self._serve, name="api-server", daemon=True)
         self._thread.start()
-        wait_until_ready(self.url, timeout_seconds=timeout_seconds)
+        try:
+            wait_until_ready(self.url, timeout_seconds=timeout_seconds)
+        except BackendNotReadyError:
+            self.stop()
+            raise
         return self.url
 
     def _serve(self) -> None:
