@@ -16,6 +16,8 @@ retry policy, exactly as an error from DynamoDB would:
   backend. On a client with standard retries a throttle or a 500 is retried by
   botocore (each retry is a new matching attempt); ``TransactionConflictException``
   and ``TransactionCanceledException`` are not.
+* ``interleave`` runs an action (another request, say) before the attempt is sent,
+  then lets it go: deterministic races.
 * ``ambiguous`` sends the request to the backend for real (so the write is applied,
   or refused by its condition: :attr:`Injection.backend_status` says which), then
   raises ``ReadTimeoutError`` or ``ConnectionClosedError`` as if the response had been
@@ -77,6 +79,9 @@ class FaultKind(enum.StrEnum):
     CONFLICT = "conflict"
     CANCELED = "canceled"
     SERVER_ERROR = "server_error"
+    #: Not a failure: run an action (a concurrent writer) just before the attempt is
+    #: sent, then send it. Makes races deterministic.
+    INTERLEAVE = "interleave"
 
 
 # -- schedules: when a rule fires -----------------------------------------------------
@@ -267,6 +272,8 @@ class Fault:
     #: reaches the backend first.
     error: type[Exception] = ReadTimeoutError
     send: bool = True
+    #: ``interleave`` only: what runs before the attempt is sent.
+    action: Callable[[], None] | None = None
 
 
 @dataclass
@@ -466,6 +473,17 @@ class FaultInjector:
             raise ValueError("ambiguous faults are ReadTimeoutError or ConnectionClosedError")
         return self.add(Fault(FaultKind.AMBIGUOUS, error=error, send=send), operation, **options)
 
+    def interleave(
+        self, operation: str | None = None, *, action: Callable[[], None], **options: Any
+    ) -> Rule:
+        """Run ``action`` just before a matching attempt is sent, then send it.
+
+        For deterministic races: ``action`` is the concurrent request that gets in
+        between two steps. It runs on the calling thread; calls it makes through an
+        attached client are matched by the rules too (schedule with ``nth(1)``).
+        """
+        return self.add(Fault(FaultKind.INTERLEAVE, action=action), operation, **options)
+
     def probability(self, p: float) -> Schedule:
         """A :func:`probability` schedule seeded from this injector's seed."""
         return Probability(p, seed=self._rng.randrange(2**32))
@@ -521,6 +539,11 @@ class FaultInjector:
             attempt=attempt,
             params=params,
         )
+        if fault.kind is FaultKind.INTERLEAVE:
+            self.log.record(record)
+            assert fault.action is not None
+            fault.action()
+            return None
         if fault.kind is not FaultKind.AMBIGUOUS:
             self.log.record(record)
             return _error_response(request, fault)
