@@ -5,11 +5,13 @@ runs them through ``chalice.test.Client`` (in process, no sockets) and
 ``tests/functional/test_api_http.py`` over real HTTP against ``api_url``. Both give
 the tests a :class:`Caller`, which checks on *every* reply that the contract's error
 shape holds: an error is ``application/problem+json`` with ``type``, ``title``,
-``status`` (equal to the HTTP status) and ``detail``, and nothing answers 500.
+``status`` (equal to the HTTP status) and ``detail``, nothing answers 500, and the
+status is one the OpenAPI document (``chalicelib.openapi``) lists for the operation.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import uuid
 from collections.abc import Iterator, Mapping
@@ -19,6 +21,7 @@ from urllib.parse import urlencode
 
 import pytest
 
+from chalicelib import openapi
 from chalicelib.entities import account_pk
 
 if TYPE_CHECKING:
@@ -50,6 +53,28 @@ class Send(Protocol):
     def __call__(
         self, method: str, path: str, headers: Mapping[str, str], body: bytes
     ) -> Reply: ...
+
+
+@functools.cache
+def _operations() -> dict[tuple[str, tuple[str, ...]], frozenset[int]]:
+    paths = openapi.document()["paths"]
+    return {
+        (method.upper(), tuple(path.strip("/").split("/"))): frozenset(map(int, op["responses"]))
+        for path, operations in paths.items()
+        for method, op in operations.items()
+        if isinstance(op, dict) and "responses" in op
+    }
+
+
+def contract_statuses(method: str, path: str) -> frozenset[int] | None:
+    """Statuses the OpenAPI document lists for this request, or None if no operation."""
+    segments = tuple(path.split("?", 1)[0].strip("/").split("/"))
+    for (op_method, template), statuses in _operations().items():
+        if op_method == method.upper() and len(template) == len(segments):
+            pairs = zip(template, segments, strict=True)
+            if all(t == s or t.startswith("{") for t, s in pairs):
+                return statuses
+    return None
 
 
 def assert_problem(reply: Reply, status: int, slug: str | None = None) -> dict[str, Any]:
@@ -98,6 +123,9 @@ class Caller:
         reply = self.send(method, path, all_headers, body)
         self.replies.append(reply)
         assert reply.status != 500, reply.body[:500]
+        listed = contract_statuses(method, path)
+        if listed is not None:  # I4: only statuses the OpenAPI document lists
+            assert reply.status in listed, (method, path, reply.status, sorted(listed))
         if reply.status >= 400:
             assert_problem(reply, reply.status)
         return reply
