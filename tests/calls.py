@@ -1,7 +1,8 @@
 """Counting backend calls per client and operation, through botocore's event hooks.
 
-``before-call`` fires once per API call; ``before-send`` once per HTTP attempt (so
-``attempts - calls`` is what botocore retried). The hooks are registered *first*, so
+``provide-client-params`` fires once per API call (first thing, even when a stub
+answers the call); ``before-send`` once per HTTP attempt (so ``attempts - calls`` is
+what botocore retried). The hooks are registered *first*, so
 attempts that a fault injector (``tests.faults``) refuses or fails are counted too:
 the counter sees what the client tried, whether or not it reached the backend.
 """
@@ -61,7 +62,9 @@ class CallCounter:
         service = client.meta.service_model.service_id.hyphenize()
         uid = f"call-counter-{id(self)}"
         client.meta.events.register_first(
-            f"before-call.{service}", self._hook(label, self._calls), unique_id=f"{uid}-call"
+            f"provide-client-params.{service}",
+            self._hook(label, self._calls),
+            unique_id=f"{uid}-call",
         )
         client.meta.events.register_first(
             f"before-send.{service}", self._hook(label, self._attempts), unique_id=f"{uid}-send"
