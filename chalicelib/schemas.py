@@ -188,12 +188,21 @@ def parse_body(model: type[M], raw: bytes | str | None) -> M:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as error:
         raise MalformedRequestError(f"the request body is not valid JSON: {error}") from error
+    except RecursionError as error:
+        # json's scanner recurses once per nesting level; without this, a 500.
+        raise MalformedRequestError("the request body is nested too deeply") from error
     if not isinstance(data, dict):
         raise ValidationFailedError([FieldError("body", "must be a JSON object")])
     try:
         # JSON mode: strict types, yet UUIDs arrive as strings.
         return model.model_validate_json(raw)
     except ValidationError as error:
+        unparsable = [e for e in error.errors() if e["type"] == "json_invalid"]
+        if unparsable:
+            # What json.loads lets through but pydantic cannot read (a lone surrogate
+            # escape, nesting past pydantic's limit) is still malformed JSON: 400, not 422.
+            detail = (unparsable[0].get("ctx") or {}).get("error", unparsable[0]["msg"])
+            raise MalformedRequestError(f"the request body is not valid JSON: {detail}") from error
         raise ValidationFailedError(_field_errors(error, "body")) from error
 
 
