@@ -78,6 +78,26 @@ class PathParam:
 
 
 @dataclass(frozen=True)
+class Link:
+    """An OpenAPI link from a 200 answer to another operation (Swagger UI shows them;
+    stateful tests follow them). Values are runtime expressions such as
+    ``$response.body#/id``."""
+
+    name: str
+    operation_id: str
+    parameters: Mapping[str, str] = field(default_factory=dict)
+    request_body: Mapping[str, Any] | None = None
+
+    def document(self) -> dict[str, Any]:
+        link: dict[str, Any] = {"operationId": self.operation_id}
+        if self.parameters:
+            link["parameters"] = dict(self.parameters)
+        if self.request_body is not None:
+            link["requestBody"] = dict(self.request_body)
+        return link
+
+
+@dataclass(frozen=True)
 class Operation:
     """One route and method: what it takes, what it answers, which problems it can return.
 
@@ -103,6 +123,7 @@ class Operation:
     content: Mapping[str, Schema] | None = None
     problems: tuple[CounterError, ...] = ()
     backend: bool = True
+    links: tuple[Link, ...] = ()
 
     def __post_init__(self) -> None:
         declared = {p.name for p in self.path_params}
@@ -232,7 +253,10 @@ def _success(operation: Operation, refs: Mapping[ModelKey, Schema]) -> dict[str,
     media: dict[str, Any] = {"schema": refs[(operation.response, "serialization")]}
     if operation.response_example is not None:
         media["example"] = operation.response_example.model_dump(mode="json")
-    return {"description": "OK", "content": {JSON: media}}
+    response: dict[str, Any] = {"description": "OK", "content": {JSON: media}}
+    if operation.links:
+        response["links"] = {link.name: link.document() for link in operation.links}
+    return response
 
 
 _DESCRIPTIONS: Final[Mapping[int, str]] = {
@@ -351,6 +375,23 @@ _SERVICE = ServiceOut(
     updated_at=_CREATED,
 )
 _DELETED = Deleted(deleted=True)
+
+_NEW_ACCOUNT = {"account_id": "$response.body#/id"}
+_ACCOUNT_LINKS = (
+    Link("GetAccount", "getAccount", _NEW_ACCOUNT),
+    Link("UpdateAccount", "updateAccount", _NEW_ACCOUNT),
+    Link("DeleteAccount", "deleteAccount", _NEW_ACCOUNT),
+    Link("GetUsage", "getUsage", _NEW_ACCOUNT),
+    Link("GetCounts", "getCounts", _NEW_ACCOUNT),
+    Link("ListServices", "listAccountServices", _NEW_ACCOUNT),
+    Link("CreateService", "createService", request_body={"account_id": "$response.body#/id"}),
+)
+_SAME_SERVICE = {"service_id": "$response.body#/id", "ownerAccountId": "$response.body#/account_id"}
+_SERVICE_LINKS = (
+    Link("GetService", "getService", _SAME_SERVICE),
+    Link("RenameService", "renameService", _SAME_SERVICE),
+    Link("DeleteService", "deleteService", _SAME_SERVICE),
+)
 _DOCUMENT: Final[Mapping[str, Schema]] = {JSON: {"type": "object"}}
 
 OPERATIONS: Final[tuple[Operation, ...]] = (
@@ -379,6 +420,7 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
         body_example=CreateAccountRequest(username="alice", max_number_of_services=5000),
         response=AccountOut,
         response_example=_ACCOUNT.model_copy(update={"number_of_services": 0}),
+        links=_ACCOUNT_LINKS,
     ),
     Operation(
         "GET",
@@ -503,6 +545,7 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
         response=ServiceOut,
         response_example=_SERVICE,
         problems=(_ACCOUNT_NOT_FOUND, ServiceLimitReachedError(EXAMPLE_ACCOUNT_ID, 5000)),
+        links=_SERVICE_LINKS,
     ),
     Operation(
         "GET",
