@@ -338,3 +338,24 @@ def test_vendored_swagger_ui_files_are_the_pinned_packages() -> None:
         assert vendored.read_bytes() == (source / name).read_bytes(), (
             f"{vendored} differs from swagger-ui-py's: run scripts/vendor_swagger_ui.py"
         )
+
+
+def test_links_name_existing_operations_and_their_parameters(document: dict[str, Any]) -> None:
+    operations = {
+        item[method]["operationId"]: item[method]
+        for item in document["paths"].values()
+        for method in HTTP_METHODS & set(item)
+    }
+    links = [
+        link
+        for operation in operations.values()
+        for response in operation["responses"].values()
+        for link in response.get("links", {}).values()
+    ]
+    assert len(links) == 10
+    for link in links:
+        target = operations[link["operationId"]]
+        names = {p["name"] for p in target.get("parameters", [])}
+        assert set(link.get("parameters", {})) <= names, link
+        if "requestBody" in link:
+            assert "requestBody" in target, link
