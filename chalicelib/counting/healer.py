@@ -30,6 +30,9 @@ class HealOutcome(enum.Enum):
     #: Someone wrote the account between our read and our write: later.
     RACED = "raced"
     GONE = "gone"
+    #: An error (backend unavailable, recovery left work): logged; the account stays
+    #: marked and a later run tries again.
+    FAILED = "failed"
 
 
 @dataclass
@@ -86,7 +89,12 @@ class Healer:
             for account_id, heal_since in self._accounts.marked_for_heal(
                 shard, cutoff, self._batch_limit
             ):
-                report.outcomes[account_id] = self.heal(account_id, heal_since)
+                try:
+                    report.outcomes[account_id] = self.heal(account_id, heal_since)
+                except Exception:
+                    # One account must not starve the others of their heal.
+                    logger.exception("heal of account %s failed", account_id)
+                    report.outcomes[account_id] = HealOutcome.FAILED
         logger.info("heal run: %s", report.tally())
         return report
 
