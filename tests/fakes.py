@@ -107,7 +107,7 @@ class Scripted:
     """
 
     result: Any
-    before: Callable[[], None] | None = None
+    before: Callable[[], object] | None = None
     apply: bool = False
 
 
@@ -126,12 +126,12 @@ class Script:
         method: str,
         result: Any,
         *,
-        before: Callable[[], None] | None = None,
+        before: Callable[[], object] | None = None,
         apply: bool = False,
     ) -> None:
         self._queues.setdefault(method, deque()).append(Scripted(result, before, apply))
 
-    def interleave(self, method: str, before: Callable[[], None]) -> None:
+    def interleave(self, method: str, before: Callable[[], object]) -> None:
         """Run ``before`` (a concurrent writer) just ahead of the next ``method`` call."""
         self.push(method, None, before=before, apply=True)
 
@@ -228,7 +228,7 @@ class FakeAccountRepository(_Recorder, AccountRepository):
             key=lambda i: (i["created_at"], i["PK"]),
         )
         if start:
-            after = (start["created_at"]["S"], start["PK"]["S"])  # type: ignore[index]
+            after = (start["created_at"]["S"], start["PK"]["S"])
             accounts = [a for a in accounts if (a["created_at"], a["PK"]) > after]
         page = accounts[:limit]
         # Like DynamoDB: a full page carries a cursor, even when nothing follows.
@@ -270,7 +270,8 @@ class FakeAccountRepository(_Recorder, AccountRepository):
         scripted = self._scripted("increment", account_id)
         if scripted is not None:
             real = self._increment(account_id) if scripted.apply else None
-            result: IncrementOutcome = scripted.result or real
+            result: IncrementOutcome | None = scripted.result or real
+            assert result is not None, "script a result, or apply the real behaviour"
             return result
         return self._increment(account_id)
 
@@ -294,7 +295,8 @@ class FakeAccountRepository(_Recorder, AccountRepository):
         scripted = self._scripted("decrement", account_id)
         if scripted is not None:
             real = self._decrement(account_id) if scripted.apply else None
-            result: DecrementOutcome = scripted.result or real
+            result: DecrementOutcome | None = scripted.result or real
+            assert result is not None, "script a result, or apply the real behaviour"
             return result
         return self._decrement(account_id)
 
@@ -361,7 +363,7 @@ class FakeServiceRepository(_Recorder, ServiceRepository):
         start = decode_cursor(cursor, _SERVICE_PAGE_KEYS)
         items = self.table.partition(account_pk(account_id), SERVICE_PREFIX)
         if start:
-            after = start["SK"]["S"]  # type: ignore[index]
+            after = start["SK"]["S"]
             items = [i for i in items if i["SK"] > after]
         live = [i for i in items if not i.get("deleted")][:limit]
         next_cursor = None

@@ -59,7 +59,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from botocore.awsrequest import AWSPreparedRequest, AWSResponse
-from botocore.exceptions import ConnectionClosedError, ReadTimeoutError
+from botocore.compat import HTTPHeaders
+from botocore.exceptions import ConnectionClosedError, HTTPClientError, ReadTimeoutError
 from botocore.httpsession import URLLib3Session
 
 from chalicelib.bootstrap import Container, use_container
@@ -270,7 +271,7 @@ class Fault:
     extra: Mapping[str, Any] = field(default_factory=dict)
     #: ``ambiguous`` only: the exception the client sees, and whether the request
     #: reaches the backend first.
-    error: type[Exception] = ReadTimeoutError
+    error: type[HTTPClientError] = ReadTimeoutError
     send: bool = True
     #: ``interleave`` only: what runs before the attempt is sent.
     action: Callable[[], None] | None = None
@@ -308,7 +309,7 @@ def _error_response(request: AWSPreparedRequest, fault: Fault) -> AWSResponse:
         "Content-Length": str(len(payload)),
         "x-amzn-RequestId": "injected-fault",
     }
-    return AWSResponse(request.url, fault.status, headers, _Raw(payload))
+    return AWSResponse(request.url, fault.status, HTTPHeaders.from_dict(headers), _Raw(payload))
 
 
 class _Raw:
@@ -371,7 +372,7 @@ class FaultInjector:
 
         return hook
 
-    def _before_send(self, label: str) -> Callable[..., AWSResponse | None]:
+    def _before_send(self, label: str) -> Callable[..., Any]:
         def hook(request: AWSPreparedRequest, event_name: str, **_: Any) -> AWSResponse | None:
             return self._apply(label, event_name.rsplit(".", 1)[-1], request)
 
@@ -460,7 +461,7 @@ class FaultInjector:
         self,
         operation: str | None = None,
         *,
-        error: type[Exception] = ReadTimeoutError,
+        error: type[HTTPClientError] = ReadTimeoutError,
         send: bool = True,
         **options: Any,
     ) -> Rule:
@@ -523,7 +524,7 @@ class FaultInjector:
         return None
 
     def _apply(self, label: str, operation: str, request: AWSPreparedRequest) -> AWSResponse | None:
-        context = request.context or {}
+        context: dict[str, Any] = getattr(request, "context", None) or {}
         params: Params = context.get(_PARAMS_KEY, {})
         rule = self._choose(label, operation, params)
         if rule is None:

@@ -16,7 +16,12 @@ import boto3
 import pytest
 import requests
 from botocore.config import Config
-from botocore.exceptions import ClientError, ConnectionClosedError, ReadTimeoutError
+from botocore.exceptions import (
+    ClientError,
+    ConnectionClosedError,
+    HTTPClientError,
+    ReadTimeoutError,
+)
 from chalice.test import Client
 
 from chalicelib.bootstrap import Container
@@ -74,10 +79,10 @@ def scratch_table(stack_outputs: StackOutputs) -> Iterator[str]:
     client.delete_table(TableName=name)
 
 
-def _client(attempts: int, mode: str = "standard") -> Any:
+def _client(attempts: int) -> Any:
     return boto3.client(
-        "dynamodb", config=Config(retries={"mode": mode, "total_max_attempts": attempts})
-    )  # type: ignore[call-overload]
+        "dynamodb", config=Config(retries={"mode": "standard", "total_max_attempts": attempts})
+    )
 
 
 def _get(client: Any, table: str, pk: str) -> dict[str, Any] | None:
@@ -124,7 +129,7 @@ def test_harness_throttle_without_retries_surfaces_and_writes_nothing(scratch_ta
 
 @pytest.mark.parametrize("error", [ReadTimeoutError, ConnectionClosedError])
 def test_harness_ambiguous_applies_the_write_then_loses_the_response(
-    scratch_table: str, error: type[Exception]
+    scratch_table: str, error: type[HTTPClientError]
 ) -> None:
     # GIVEN a client without retries whose next PutItem response is lost
     client, faults = _client(1), FaultInjector()
@@ -298,7 +303,7 @@ def test_ambiguous_increment_is_not_retried_and_never_overcounts(
     calls: CallCounter,
     dynamodb_client: DynamoDBClient,
     table: str,
-    error: type[Exception],
+    error: type[HTTPClientError],
 ) -> None:
     # GIVEN the increment's response is lost after DynamoDB applied it
     account = call.new_account(limit=5)

@@ -33,10 +33,11 @@ URL = "http://127.0.0.1:1"
 
 
 def client_error(code: str, status: int = 400) -> BotoClientError:
-    return BotoClientError(
-        {"Error": {"Code": code, "Message": code}, "ResponseMetadata": {"HTTPStatusCode": status}},
-        "UpdateItem",
-    )
+    response: Any = {
+        "Error": {"Code": code, "Message": code},
+        "ResponseMetadata": {"HTTPStatusCode": status},
+    }
+    return BotoClientError(response, "UpdateItem")
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ embedded backend in ``tests/functional/test_faults_api.py``.
 from __future__ import annotations
 
 import pytest
+from botocore.exceptions import EndpointConnectionError
 from botocore.stub import Stubber
 
 from chalicelib import bootstrap
@@ -104,7 +105,7 @@ def test_rules_are_counted_and_can_be_cleared() -> None:
 
 def test_ambiguous_accepts_only_lost_response_errors() -> None:
     with pytest.raises(ValueError, match="ambiguous"):
-        FaultInjector().ambiguous("PutItem", error=RuntimeError)
+        FaultInjector().ambiguous("PutItem", error=EndpointConnectionError)  # type: ignore[arg-type]
 
 
 def test_installed_swaps_the_app_container_and_restores_it() -> None:
