@@ -18,4 +18,4 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -q
 $SUDO apt-get install -y -q --no-install-recommends chromium fonts-liberation
-"$CHROMIUM" --version
+echo "installed $CHROMIUM"
