@@ -25,6 +25,9 @@ _STREAM_GONE: Final = frozenset(
     {"TrimmedDataAccessException", "ExpiredIteratorException", "ResourceNotFoundException"}
 )
 _MAX_READS: Final = 1000
+#: Consecutive empty GetRecords pages tolerated before the range is given up on (the
+#: message is retried, and ends in tier 2 if the range never shows up).
+_MAX_EMPTY_PAGES: Final = 20
 
 
 @dataclass(frozen=True)
@@ -90,17 +93,26 @@ class DeadLetterReplayer:
             SequenceNumber=batch.start_sequence,
         ).get("ShardIterator")
         end = int(batch.end_sequence)
+        empty_pages = 0
         for _ in range(_MAX_READS):
             if not iterator:
-                return
+                return  # the shard is closed and fully read
             page = self._streams.get_records(ShardIterator=iterator, Limit=1000)
             records = page.get("Records", [])
             for record in records:
-                if int(record["dynamodb"].get("SequenceNumber", "0")) > end:
+                sequence = int(record["dynamodb"].get("SequenceNumber", "0"))
+                if sequence > end:
                     return
                 yield dict(record)
-            if not records:
-                return
+                if sequence == end:
+                    return
+            # An empty page does not mean the range is over: GetRecords may answer
+            # empty pages before it reaches the records of an open shard.
+            empty_pages = 0 if records else empty_pages + 1
+            if empty_pages >= _MAX_EMPTY_PAGES:
+                raise RangeFailedError(
+                    f"no record up to {batch.end_sequence} after {empty_pages} empty pages"
+                )
             iterator = page.get("NextShardIterator")
 
     def recover_all(self) -> BatchReport:
