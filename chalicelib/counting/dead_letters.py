@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 from chalicelib.counting.replay import DeadLetterReplayer
@@ -12,6 +13,7 @@ if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
 
 _MAX_RECEIVES: Final = 100
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -20,6 +22,15 @@ class DeadLetter:
     receive_count: int
     sent_at: str
     body: dict[str, Any]
+
+
+@dataclass
+class ReplayOutcome:
+    """Which messages a replay applied (and deleted), and which failed (kept)."""
+
+    replayed: list[str] = field(default_factory=list)
+    #: Message id -> why its replay failed.
+    failed: dict[str, str] = field(default_factory=dict)
 
 
 class Tier2Queue:
@@ -81,27 +92,38 @@ class Tier2Queue:
     def show(self, message_id: str) -> DeadLetter | None:
         return next((m for m in self.peek(limit=10_000) if m.message_id == message_id), None)
 
-    def replay(self, message_id: str | None = None) -> list[str]:
-        """Replay one message (or all when ``None``); deletes each one that succeeds."""
-        replayed: list[str] = []
-        keep: list[str] = []
+    def replay(self, message_id: str | None = None) -> ReplayOutcome:
+        """Replay one message (or all when ``None``); delete each one that succeeds.
+
+        A message whose replay fails stays in the queue, visible again when this call
+        returns, and the others are still replayed.
+        """
+        outcome = ReplayOutcome()
+        # Every receipt not deleted is made visible again at the end, whatever happens.
+        held: list[str] = []
         try:
             for _ in range(_MAX_RECEIVES):
                 batch = self._receive(visibility=300)
                 if not batch:
                     break
+                held += [receipt for _, receipt in batch]
                 for letter, receipt in batch:
                     if message_id is not None and letter.message_id != message_id:
-                        keep.append(receipt)
                         continue
-                    self._replayer.replay(letter.body)
+                    try:
+                        self._replayer.replay(letter.body)
+                    except Exception as error:
+                        logger.warning("replay of %s failed: %r", letter.message_id, error)
+                        outcome.failed[letter.message_id] = f"{type(error).__name__}: {error}"
+                        continue
                     self._sqs.delete_message(QueueUrl=self._url, ReceiptHandle=receipt)
-                    replayed.append(letter.message_id)
-                if message_id is not None and replayed:
+                    held.remove(receipt)
+                    outcome.replayed.append(letter.message_id)
+                if message_id is not None and (outcome.replayed or outcome.failed):
                     break
         finally:
-            self._release(keep)
-        return replayed
+            self._release(held)
+        return outcome
 
     def purge(self) -> int:
         """Delete every message; returns how many there were (approximately)."""
