@@ -467,3 +467,13 @@ def test_operator_heal_and_recover_commands(
     status, table = ctl("recover", "--all")
     assert status == 0
     assert table.splitlines()[0].split() == ["pending_items", "transactions", "applied"]
+
+    # WHEN another account's creates are lost and everything is recovered
+    other = new_account(container)
+    create(container, other, 3)
+    status, recovered = ctl("--json", "recover", "--all")
+
+    # THEN the report counts what was applied across accounts
+    assert status == 0
+    assert json.loads(recovered)["applied"] >= 3
+    assert count_of(container, other) == 3
