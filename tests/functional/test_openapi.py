@@ -359,3 +359,28 @@ def test_links_name_existing_operations_and_their_parameters(document: dict[str,
         assert set(link.get("parameters", {})) <= names, link
         if "requestBody" in link:
             assert "requestBody" in target, link
+
+
+def test_the_operations_table_in_docs_api_md_matches_the_document(
+    document: dict[str, Any],
+) -> None:
+    # GIVEN the prose contract's table rows: | `METHOD /path` | id | summary | statuses |
+    rows = re.findall(
+        r"^\| `(\w+) (\S+)` \| (\w+) \| [^|]+ \| ([\d, ]+) \|$",
+        (REPO_ROOT / "docs" / "api.md").read_text(encoding="utf-8"),
+        flags=re.MULTILINE,
+    )
+    documented = {
+        (method, path): (
+            item[method.lower()]["operationId"],
+            set(item[method.lower()]["responses"]),
+        )
+        for path, item in document["paths"].items()
+        for method in (m.upper() for m in HTTP_METHODS & set(item))
+    }
+    # THEN they list the same operations, ids and statuses
+    in_prose = {
+        (method, path): (operation_id, {s.strip() for s in statuses.split(",")})
+        for method, path, operation_id, statuses in rows
+    }
+    assert in_prose == documented
