@@ -122,6 +122,8 @@ class DeadLetterReplayer:
             report = self._processor.recover(account_id)
             total.relevant += report.relevant
             total.transactions += report.transactions
+            for action, applied in report.applied.items():
+                total.applied[action] = total.applied.get(action, 0) + applied
         return total
 
     def _all_accounts(self) -> Iterator[str]:
