@@ -11,8 +11,13 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable
 from dataclasses import replace
+from datetime import timedelta
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, Final
 
+from chalicelib.bootstrap import Container
+from chalicelib.counting.healer import Healer
+from chalicelib.entities import utc_now
 from chalicelib.settings import Settings
 from infrastructure.local.event_sources import (
     FilterCriteria,
@@ -64,6 +69,28 @@ def app_settings(outputs: StackOutputs, **overrides: Any) -> Settings:
         "stuck_after_seconds": 300.0,
     }
     return Settings(**(values | overrides))
+
+
+class ClockedContainer(Container):
+    """The app's container with the healer's clock ``ahead`` of the wall clock.
+
+    Set ``ahead`` past the quiet period once the writes are done, instead of waiting.
+    """
+
+    ahead = timedelta()
+
+    @cached_property
+    def healer(self) -> Healer:
+        return Healer(
+            self.accounts,
+            self.services,
+            self.counts,
+            self.processor,
+            quiet=timedelta(seconds=self.settings.heal_quiet_seconds),
+            stuck_after=timedelta(seconds=self.settings.stuck_after_seconds),
+            batch_limit=self.settings.heal_batch_limit,
+            clock=lambda: utc_now() + self.ahead,
+        )
 
 
 def fast_stream_settings(**overrides: Any) -> StreamSettings:

@@ -11,7 +11,6 @@ import json
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -20,38 +19,18 @@ from chalice.test import Client
 
 from app import app
 from chalicelib.bootstrap import Container, use_container
-from chalicelib.counting.healer import Healer
 from chalicelib.counting.replay import RangeFailedError
-from chalicelib.entities import Account, utc_now
+from chalicelib.entities import Account
 from chalicelib.repositories.dynamo import from_item
 from infrastructure.local.provision import StackOutputs
 from tests import events
 from tests.calls import CallCounter
 from tests.events import ACCOUNT_ID, SERVICE_IDS
-from tests.events.live import StreamTail, app_settings, isolated_stack
+from tests.events.live import ClockedContainer, StreamTail, app_settings, isolated_stack
 from tests.faults import FaultInjector, attach_to_container
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 S1, S2, S3, S4 = SERVICE_IDS
-
-
-class ClockedContainer(Container):
-    """The app's container with the healer's clock moved forward by ``ahead``."""
-
-    ahead = timedelta()
-
-    @cached_property
-    def healer(self) -> Healer:
-        return Healer(
-            self.accounts,
-            self.services,
-            self.counts,
-            self.processor,
-            quiet=timedelta(seconds=self.settings.heal_quiet_seconds),
-            stuck_after=timedelta(seconds=self.settings.stuck_after_seconds),
-            batch_limit=self.settings.heal_batch_limit,
-            clock=lambda: utc_now() + self.ahead,
-        )
 
 
 @pytest.fixture(scope="module")
