@@ -17,6 +17,7 @@ import importlib.util
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -25,9 +26,11 @@ from types import FrameType, ModuleType
 from typing import Final, Protocol
 
 from infrastructure.local import backend
+from infrastructure.local.backend import BackendNotReadyError
 from infrastructure.local.provision import (
     DEFAULT_PARAMETERS,
     DEFAULT_STACK_NAME,
+    ProvisioningError,
     StackOutputs,
     cloudformation_client,
     provision,
@@ -40,6 +43,10 @@ EVENT_SOURCES_MODULE: Final = "infrastructure.local.event_sources"
 STOP_TIMEOUT_SECONDS: Final = 10.0
 
 logger = logging.getLogger("infrastructure.local")
+
+
+class StartupError(RuntimeError):
+    """The local runtime cannot start as asked (the message says why and what to do)."""
 
 
 class StartEventSources(Protocol):
@@ -144,6 +151,14 @@ class LocalRuntime:
         logger.info("ready: try  curl %s/health   (Ctrl-C stops everything)", api_url)
 
     def _start_backend(self, port: int) -> str:
+        url = f"http://{backend.DEFAULT_HOST}:{port}"
+        if _is_listening(backend.DEFAULT_HOST, port):
+            # Otherwise our backend would fail to bind while the health check
+            # happily talks to whatever holds the port.
+            raise StartupError(
+                f"something already listens on {url} (LocalStack? a leftover backend?): "
+                f"stop it, or use it with --backend-url {url}"
+            )
         command = [
             sys.executable,
             "-m",
@@ -159,7 +174,6 @@ class LocalRuntime:
         self._backend_process = subprocess.Popen(  # noqa: S603
             command, cwd=REPO_ROOT, start_new_session=True
         )
-        url = f"http://{backend.DEFAULT_HOST}:{port}"
         backend.wait_until_ready(url, process=self._backend_process)
         logger.info("embedded backend (pid %d) on %s", self._backend_process.pid, url)
         return url
@@ -200,6 +214,12 @@ class LocalRuntime:
             stop_process(self._backend_process)
             logger.info("embedded backend stopped")
             self._backend_process = None
+
+
+def _is_listening(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        return probe.connect_ex((host, port)) == 0
 
 
 def export_environment(endpoint_url: str, outputs: StackOutputs) -> None:
@@ -249,10 +269,13 @@ def main(argv: list[str] | None = None) -> int:
                 logger.error("embedded backend exited with code %s", code)
                 exit_code = 1
                 break
+    except (StartupError, BackendNotReadyError, ProvisioningError, OSError) as error:
+        # Expected failures (busy port, no backend, broken stack): the message is enough.
+        logger.error("cannot start: %s", error)
+        exit_code = 1
     except Exception:
-        if not shutdown.is_set():
-            logger.exception("local runtime failed to start")
-            exit_code = 1
+        logger.exception("local runtime failed")
+        exit_code = 1
     finally:
         runtime.stop()
     logger.info("stopped (exit %d)", exit_code)

@@ -55,7 +55,7 @@ def aws_environment(endpoint_url: str, region_name: str = DEFAULT_REGION) -> dic
     }
 
 
-#: Variables that would make boto3 prefer a real profile or session over the dummy keys.
+#: Variables that could drag a developer's real profile or session into a local run.
 AWS_VARIABLES_TO_CLEAR: Final = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN")
 
 

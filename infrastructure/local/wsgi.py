@@ -217,7 +217,9 @@ class ApiServer:
             asyncore_use_poll=True,
             ident="distributed-counter-local",
         )
-        self._thread = threading.Thread(target=self._serve, name="api-server", daemon=True)
+        self._thread = threading.Thread(
+            target=self._serve, args=(self._server,), name="api-server", daemon=True
+        )
         self._thread.start()
         try:
             wait_until_ready(self.url, timeout_seconds=timeout_seconds)
@@ -226,7 +228,7 @@ class ApiServer:
             raise
         return self.url
 
-    def _serve(self) -> None:
+    def _serve(self, server: Any) -> None:
         # Our own loop instead of server.run(): it lets stop() end it, and closes
         # every socket from this thread, the only one that polls them.
         try:
@@ -234,7 +236,7 @@ class ApiServer:
                 wasyncore.loop(timeout=1.0, map=self._map, use_poll=True, count=1)
         finally:
             wasyncore.close_all(self._map, ignore_all=True)
-            self._server.task_dispatcher.shutdown(cancel_pending=True, timeout=5)
+            server.task_dispatcher.shutdown(cancel_pending=True, timeout=5)
 
     def stop(self, timeout_seconds: float = 10.0) -> None:
         """Stop accepting, close every connection, stop the worker threads."""
