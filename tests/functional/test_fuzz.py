@@ -46,7 +46,7 @@ pytestmark = pytest.mark.stack
 #: Generated requests per operation in the normal suite (plus examples and coverage cases).
 MAX_EXAMPLES = 20
 #: Linked scenarios (create an account, then use it...) and steps per scenario.
-SCENARIOS = 15
+SCENARIOS = 10
 STEPS = 6
 CHECKS = [
     not_a_server_error,
