@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 import boto3
-from botocore.exceptions import ClientError, WaiterError
+from botocore.exceptions import ClientError, NoRegionError, WaiterError
 
 from infrastructure.local.provision import StackOutputs
-from infrastructure.stages import DEPLOYED_STAGES, Stage
+from infrastructure.stages import DEPLOYED_STAGES, Stage, configure_logging
 
 if TYPE_CHECKING:
     from mypy_boto3_cloudformation import CloudFormationClient
@@ -126,9 +126,16 @@ def deploy(
     body = template_path.read_text(encoding="utf-8")
     existing = describe(client, name)
     parameters = _parameters(stage, overrides or {}, existing)
+    # Deleting prod's data stack must take two deliberate steps, not one command.
+    protect = stage.retains_data
     if existing is None:
         logger.info("creating stack %s", name)
-        client.create_stack(StackName=name, TemplateBody=body, Parameters=parameters)
+        client.create_stack(
+            StackName=name,
+            TemplateBody=body,
+            Parameters=parameters,
+            EnableTerminationProtection=protect,
+        )
         _wait(client, "stack_create_complete", name)
     else:
         status = existing["StackStatus"]
@@ -148,9 +155,8 @@ def deploy(
         else:
             logger.info("updating stack %s", name)
             _wait(client, "stack_update_complete", name)
-    if stage.retains_data:
-        # Deleting prod's data stack must take two deliberate steps, not one command.
-        client.update_termination_protection(EnableTerminationProtection=True, StackName=name)
+        if protect and not existing.get("EnableTerminationProtection"):
+            client.update_termination_protection(EnableTerminationProtection=True, StackName=name)
     return read_outputs(client, stage)
 
 
@@ -222,11 +228,14 @@ def main(argv: list[str] | None = None) -> int:
         help="template parameter (deploy), e.g. AlarmTopicArn=arn:aws:sns:...",
     )
     args = parser.parse_args(argv)
-    # Logs go to stderr: stdout carries the export lines deploy.sh evaluates.
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    configure_logging()  # stderr: stdout carries the export lines deploy.sh evaluates
 
     stage = Stage.named(args.stage)
-    cloudformation: CloudFormationClient = boto3.client("cloudformation")
+    try:
+        cloudformation: CloudFormationClient = boto3.client("cloudformation")
+    except NoRegionError:
+        logger.error("no AWS region: set AWS_REGION (or AWS_DEFAULT_REGION, or a profile's)")
+        return 2
     try:
         if args.action == "deploy":
             outputs = deploy(cloudformation, stage, overrides=_overrides(args.parameter))

@@ -6,6 +6,8 @@ values); ``tests/deploy`` checks that both agree.
 
 from __future__ import annotations
 
+import logging
+import sys
 from dataclasses import dataclass
 from typing import Final
 
@@ -80,3 +82,11 @@ class Stage:
     def template_parameters(self) -> dict[str, str]:
         """Parameters of ``infrastructure/template.yaml`` for this stage."""
         return {"Stage": self.name, "AppName": APP_NAME, "TableName": self.table_name}
+
+
+def configure_logging() -> None:
+    """Progress of the deploy modules on stderr; other libraries' chatter stays off."""
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+    # "__main__": the module run with ``python -m`` logs under that name.
+    for name in ("infrastructure", "__main__"):
+        logging.getLogger(name).setLevel(logging.INFO)

@@ -24,7 +24,7 @@ import boto3
 
 from chalicelib.event_sources import STREAM_STARTING_POSITION, stream_mapping_properties
 from infrastructure.data_stack import StackMissingError, read_outputs
-from infrastructure.stages import DEPLOYED_STAGES, STREAM_HANDLER, Stage
+from infrastructure.stages import DEPLOYED_STAGES, STREAM_HANDLER, Stage, configure_logging
 
 if TYPE_CHECKING:
     from mypy_boto3_lambda import LambdaClient
@@ -66,10 +66,17 @@ def find_mapping(
         More than one mapping joins them (someone added one by hand).
     """
     found: list[EventSourceMappingConfigurationTypeDef] = []
+    # Listed by stream only, then matched on the function's name: Lambda accepts a
+    # name or an ARN in the FunctionName filter, but Chalice subscribes with the ARN
+    # and moto compares the filter with what the mapping was created with, literally.
     for page in client.get_paginator("list_event_source_mappings").paginate(
-        FunctionName=function_name, EventSourceArn=stream_arn
+        EventSourceArn=stream_arn
     ):
-        found.extend(page.get("EventSourceMappings", []))
+        found.extend(
+            m
+            for m in page.get("EventSourceMappings", [])
+            if m.get("FunctionArn", "").rsplit(":function:", 1)[-1].split(":")[0] == function_name
+        )
     if len(found) > 1:
         uuids = ", ".join(m.get("UUID", "?") for m in found)
         raise MappingError(f"{len(found)} mappings from {stream_arn} to {function_name}: {uuids}")
@@ -189,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("action", choices=("apply", "disable"))
     parser.add_argument("stage", choices=DEPLOYED_STAGES)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    configure_logging()
 
     stage = Stage.named(args.stage)
     function_name = stage.function_name(STREAM_HANDLER)
