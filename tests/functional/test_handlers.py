@@ -34,13 +34,13 @@ S1, S2, S3, S4 = SERVICE_IDS
 
 
 @pytest.fixture(scope="module")
-def stack_outputs(backend_url: str) -> StackOutputs:
+def ec_stack(backend_url: str) -> StackOutputs:
     return isolated_stack(backend_url, "ec-handlers")
 
 
 @pytest.fixture
-def container(stack_outputs: StackOutputs) -> Iterator[ClockedContainer]:
-    installed = ClockedContainer(app_settings(stack_outputs))
+def container(ec_stack: StackOutputs) -> Iterator[ClockedContainer]:
+    installed = ClockedContainer(app_settings(ec_stack))
     # Clients first: the test client patches the environment during an invocation.
     for client in (installed.dynamodb, installed.dynamodb_no_retry, installed.streams):
         assert client is not None
@@ -178,11 +178,11 @@ def test_a_recorded_batch_delivered_twice_counts_once(
 
 
 def test_the_dead_letter_handler_replays_the_recorded_message_range(
-    container: Container, stack_outputs: StackOutputs, lambda_client: Any, account_id: str
+    container: Container, ec_stack: StackOutputs, lambda_client: Any, account_id: str
 ) -> None:
     # GIVEN services whose stream batch failed, and the recorded tier-1 message
     # pointing at their range of the live stream
-    tail = StreamTail(container.streams, stack_outputs.stream_arn)
+    tail = StreamTail(container.streams, ec_stack.stream_arn)
     given_recorded_account(container, account_id)
     for n in range(3):
         container.service_service.create(account_id, f"s{n}")
@@ -200,10 +200,10 @@ def test_the_dead_letter_handler_replays_the_recorded_message_range(
 
 
 def test_the_dead_letter_handler_fails_while_the_range_cannot_be_applied(
-    container: Container, stack_outputs: StackOutputs, lambda_client: Any, account_id: str
+    container: Container, ec_stack: StackOutputs, lambda_client: Any, account_id: str
 ) -> None:
     # GIVEN a recorded tier-1 message for an account whose transactions keep conflicting
-    tail = StreamTail(container.streams, stack_outputs.stream_arn)
+    tail = StreamTail(container.streams, ec_stack.stream_arn)
     given_recorded_account(container, account_id)
     container.service_service.create(account_id, "s")
     message = _pointing_at(

@@ -38,23 +38,23 @@ MAX_STEPS = 60
 
 
 @pytest.fixture(scope="module")
-def stack_outputs(backend_url: str) -> StackOutputs:
+def ec_stack(backend_url: str) -> StackOutputs:
     return isolated_stack(backend_url, "ec-dlq")
 
 
 @pytest.fixture
-def container(stack_outputs: StackOutputs) -> Iterator[Container]:
+def container(ec_stack: StackOutputs) -> Iterator[Container]:
     """The app's container for this test (the handlers and counterctl use it)."""
-    installed = Container(app_settings(stack_outputs))
+    installed = Container(app_settings(ec_stack))
     use_container(installed)
     yield installed
     use_container(None)
 
 
 @pytest.fixture
-def queues(container: Container, stack_outputs: StackOutputs) -> Iterator[None]:
+def queues(container: Container, ec_stack: StackOutputs) -> Iterator[None]:
     """Both queues empty before and after the test."""
-    urls = (stack_outputs.tier1_queue_url, stack_outputs.tier2_queue_url)
+    urls = (ec_stack.tier1_queue_url, ec_stack.tier2_queue_url)
     for url in urls:
         empty(container, url)
     yield
@@ -80,10 +80,10 @@ def empty(container: Container, url: str) -> None:
 
 
 @pytest.fixture
-def stream_poller(container: Container, stack_outputs: StackOutputs) -> StreamPoller:
+def stream_poller(container: Container, ec_stack: StackOutputs) -> StreamPoller:
     """The deployed stream mapping (filter, retries, bisect, OnFailure to tier 1)
     delivering to the app's stream handler, starting at the stream's current end."""
-    poller = stream_poller_for(app_module.handle_stream_records, container, stack_outputs)
+    poller = stream_poller_for(app_module.handle_stream_records, container, ec_stack)
     drain(poller)  # records of earlier tests are not ours
     return poller
 
@@ -91,25 +91,25 @@ def stream_poller(container: Container, stack_outputs: StackOutputs) -> StreamPo
 def stream_poller_for(
     handler: Callable[[dict[str, Any], LambdaContext], object],
     container: Container,
-    stack_outputs: StackOutputs,
+    ec_stack: StackOutputs,
 ) -> StreamPoller:
     return StreamPoller(
         handler,
         container.streams,
-        stack_outputs.stream_arn,
+        ec_stack.stream_arn,
         settings=fast_stream_settings(),
-        on_failure=SqsOnFailureDestination(container.sqs, stack_outputs.tier1_queue_url),
+        on_failure=SqsOnFailureDestination(container.sqs, ec_stack.tier1_queue_url),
     )
 
 
 @pytest.fixture
-def tier1_poller(container: Container, stack_outputs: StackOutputs) -> SqsPoller:
+def tier1_poller(container: Container, ec_stack: StackOutputs) -> SqsPoller:
     """The tier-1 mapping delivering to the app's dead-letter handler; a failed message
     is visible again at once (on AWS: after the visibility timeout)."""
     return SqsPoller(
         app_module.handle_dead_letters,
         container.sqs,
-        stack_outputs.tier1_queue_url,
+        ec_stack.tier1_queue_url,
         settings=SqsSettings(retry_visibility_seconds=0),
     )
 
@@ -170,7 +170,7 @@ def depth(container: Container, url: str) -> int:
 @pytest.mark.usefixtures("queues")
 def test_a_poison_record_goes_through_both_tiers_and_the_operator_replays_it(
     container: Container,
-    stack_outputs: StackOutputs,
+    ec_stack: StackOutputs,
     stream_poller: StreamPoller,
     tier1_poller: SqsPoller,
 ) -> None:
@@ -195,14 +195,14 @@ def test_a_poison_record_goes_through_both_tiers_and_the_operator_replays_it(
     assert info["batchSize"] == 3
     assert count_of(container, healthy) == 2
     assert count_of(container, poisoned) == 0
-    assert depth(container, stack_outputs.tier1_queue_url) == 1
+    assert depth(container, ec_stack.tier1_queue_url) == 1
 
     # WHEN tier 1 keeps failing to replay it (the cause is not fixed yet)
     tier1 = [tier1_poller.poll_once().outcome for _ in range(TIER1_MAX_RECEIVE_COUNT + 1)]
 
     # THEN after maxReceiveCount receives the queue's redrive moved it to tier 2
     assert tier1 == [SqsOutcome.FAILED] * TIER1_MAX_RECEIVE_COUNT + [SqsOutcome.IDLE]
-    assert depth(container, stack_outputs.tier1_queue_url) == 0
+    assert depth(container, ec_stack.tier1_queue_url) == 0
     status, listed = ctl("--json", "dlq", "list")
     assert status == 0
     (letter,) = json.loads(listed)
@@ -231,12 +231,12 @@ def test_a_poison_record_goes_through_both_tiers_and_the_operator_replays_it(
     assert f"replayed and deleted {letter['message_id']}" in output
     assert count_of(container, poisoned) == 3
     assert count_of(container, healthy) == 2
-    assert depth(container, stack_outputs.tier2_queue_url) == 0
+    assert depth(container, ec_stack.tier2_queue_url) == 0
 
 
 @pytest.mark.usefixtures("queues")
 def test_a_function_error_is_bisected_down_to_the_record_that_causes_it(
-    container: Container, stack_outputs: StackOutputs, tier1_poller: SqsPoller
+    container: Container, ec_stack: StackOutputs, tier1_poller: SqsPoller
 ) -> None:
     # GIVEN a handler that crashes on one record (a timeout, a runtime error)
     bad: list[str] = []
@@ -246,7 +246,7 @@ def test_a_function_error_is_bisected_down_to_the_record_that_causes_it(
             raise RuntimeError("crashed on the bad record")
         return app_module.handle_stream_records(event, context)
 
-    poller = stream_poller_for(crashes_on_bad, container, stack_outputs)
+    poller = stream_poller_for(crashes_on_bad, container, ec_stack)
     drain(poller)  # records of earlier tests are not ours
     account = new_account(container)
     services = create(container, account, 6)
@@ -272,16 +272,16 @@ def test_a_function_error_is_bisected_down_to_the_record_that_causes_it(
 
 
 def test_replaying_a_range_that_was_already_processed_changes_nothing(
-    container: Container, stack_outputs: StackOutputs
+    container: Container, ec_stack: StackOutputs
 ) -> None:
     # GIVEN a range of creates and a delete, processed
-    tail = StreamTail(container.streams, stack_outputs.stream_arn)
+    tail = StreamTail(container.streams, ec_stack.stream_arn)
     account = new_account(container)
     services = create(container, account, 3)
     container.service_service.delete(account, services[0])
     records = tail.take([account])
     container.processor.process(records)
-    message = _on_failure_message(records, stack_outputs)
+    message = _on_failure_message(records, ec_stack)
 
     # WHEN tier 1 replays it (twice: SQS delivers at least once)
     app_module.handle_dead_letters(_sqs_event(message), None)
@@ -292,13 +292,13 @@ def test_replaying_a_range_that_was_already_processed_changes_nothing(
 
 
 def test_replaying_a_range_never_processed_counts_it_once(
-    container: Container, stack_outputs: StackOutputs
+    container: Container, ec_stack: StackOutputs
 ) -> None:
     # GIVEN creates whose batch went to tier 1 without being processed
-    tail = StreamTail(container.streams, stack_outputs.stream_arn)
+    tail = StreamTail(container.streams, ec_stack.stream_arn)
     account = new_account(container)
     create(container, account, 4)
-    message = _on_failure_message(tail.take([account]), stack_outputs)
+    message = _on_failure_message(tail.take([account]), ec_stack)
 
     # WHEN tier 1 replays the range THEN all four are counted
     report = container.replayer.replay(message)
@@ -307,13 +307,13 @@ def test_replaying_a_range_never_processed_counts_it_once(
 
 
 def test_a_range_gone_from_the_stream_is_recovered_from_the_table(
-    container: Container, stack_outputs: StackOutputs
+    container: Container, ec_stack: StackOutputs
 ) -> None:
     # GIVEN unprocessed creates, and a range the stream has trimmed since
-    tail = StreamTail(container.streams, stack_outputs.stream_arn)
+    tail = StreamTail(container.streams, ec_stack.stream_arn)
     account = new_account(container)
     create(container, account, 2)
-    message = _on_failure_message(tail.take([account]), stack_outputs)
+    message = _on_failure_message(tail.take([account]), ec_stack)
     faults = FaultInjector()
     faults.attach(container.streams, label="streams")
     faults.add(
@@ -330,18 +330,18 @@ def test_a_range_gone_from_the_stream_is_recovered_from_the_table(
 
 
 def test_replay_reads_past_empty_pages_of_the_stream(
-    container: Container, stack_outputs: StackOutputs
+    container: Container, ec_stack: StackOutputs
 ) -> None:
     # GIVEN a range whose records come after an empty GetRecords page (DynamoDB Streams
     # may answer an empty page before the records of an open shard)
-    tail = StreamTail(container.streams, stack_outputs.stream_arn)
+    tail = StreamTail(container.streams, ec_stack.stream_arn)
     account = new_account(container)
     create(container, account, 3)
     records = tail.take([account])
-    message = _on_failure_message(records, stack_outputs)
+    message = _on_failure_message(records, ec_stack)
     streams = PagedStreams([[], records[:2], [], records[2:]])
     replayer = DeadLetterReplayer(
-        container.processor, streams, container.dynamodb, stack_outputs.table_name
+        container.processor, streams, container.dynamodb, ec_stack.table_name
     )  # type: ignore[arg-type]
 
     # WHEN the range is replayed THEN every record in it was read and counted
@@ -364,12 +364,10 @@ class PagedStreams:
         return {"Records": page, "NextShardIterator": str(index + 1)}
 
 
-def _on_failure_message(
-    records: list[dict[str, Any]], stack_outputs: StackOutputs
-) -> dict[str, Any]:
+def _on_failure_message(records: list[dict[str, Any]], ec_stack: StackOutputs) -> dict[str, Any]:
     """What the stream mapping sends to tier 1 for a batch of ``records``."""
     sequences = [r["dynamodb"]["SequenceNumber"] for r in records]
-    shard = _shard_of(records[0]["eventSourceARN"], stack_outputs)
+    shard = _shard_of(records[0]["eventSourceARN"], ec_stack)
     return {
         "requestContext": {"condition": "RetryAttemptsExhausted", "approximateInvokeCount": 6},
         "DDBStreamBatchInfo": {
@@ -377,13 +375,13 @@ def _on_failure_message(
             "startSequenceNumber": min(sequences, key=int),
             "endSequenceNumber": max(sequences, key=int),
             "batchSize": len(records),
-            "streamArn": stack_outputs.stream_arn,
+            "streamArn": ec_stack.stream_arn,
         },
     }
 
 
-def _shard_of(stream_arn: str, stack_outputs: StackOutputs) -> str:
-    streams = Container(app_settings(stack_outputs)).streams
+def _shard_of(stream_arn: str, ec_stack: StackOutputs) -> str:
+    streams = Container(app_settings(ec_stack)).streams
     description = streams.describe_stream(StreamArn=stream_arn)
     return str(description["StreamDescription"]["Shards"][0]["ShardId"])
 
@@ -408,17 +406,17 @@ def _sqs_event(message: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.mark.usefixtures("queues")
 def test_replay_all_keeps_the_messages_that_still_fail_and_purge_empties_the_queue(
-    container: Container, stack_outputs: StackOutputs
+    container: Container, ec_stack: StackOutputs
 ) -> None:
     # GIVEN two tier-2 messages: one replayable, one whose cause persists
-    tail = StreamTail(container.streams, stack_outputs.stream_arn)
+    tail = StreamTail(container.streams, ec_stack.stream_arn)
     fine, broken = new_account(container), new_account(container)
     create(container, fine, 1)
     create(container, broken, 1)
     for account in (fine, broken):
-        message = _on_failure_message(tail.take([account]), stack_outputs)
+        message = _on_failure_message(tail.take([account]), ec_stack)
         container.sqs.send_message(
-            QueueUrl=stack_outputs.tier2_queue_url, MessageBody=json.dumps(message)
+            QueueUrl=ec_stack.tier2_queue_url, MessageBody=json.dumps(message)
         )
     poison(container, broken)
 
@@ -443,13 +441,11 @@ def test_replay_all_keeps_the_messages_that_still_fail_and_purge_empties_the_que
     # THEN only the confirmed purge empties the queue
     assert refused == counterctl.USAGE
     assert status == 0
-    assert depth(container, stack_outputs.tier2_queue_url) == 0
+    assert depth(container, ec_stack.tier2_queue_url) == 0
     assert ctl("dlq", "show", "no-such-message")[0] == counterctl.NOT_FOUND
 
 
-def test_operator_heal_and_recover_commands(
-    container: Container, stack_outputs: StackOutputs
-) -> None:
+def test_operator_heal_and_recover_commands(container: Container, ec_stack: StackOutputs) -> None:
     # GIVEN an account whose creates were never processed (stream records lost)
     account = new_account(container)
     create(container, account, 2)

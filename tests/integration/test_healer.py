@@ -37,20 +37,20 @@ class Clock:
 
 
 @pytest.fixture(scope="module")
-def stack_outputs(backend_url: str) -> StackOutputs:
+def ec_stack(backend_url: str) -> StackOutputs:
     return isolated_stack(backend_url, "ec-healer")
 
 
 @pytest.fixture(scope="module")
-def tail(stack_outputs: StackOutputs) -> StreamTail:
-    container = Container(app_settings(stack_outputs))
-    return StreamTail(container.streams, stack_outputs.stream_arn)
+def tail(ec_stack: StackOutputs) -> StreamTail:
+    container = Container(app_settings(ec_stack))
+    return StreamTail(container.streams, ec_stack.stream_arn)
 
 
 @pytest.fixture
-def container(stack_outputs: StackOutputs) -> Container:
+def container(ec_stack: StackOutputs) -> Container:
     # One HealIndex shard: runs visit accounts in the order they were marked.
-    return Container(app_settings(stack_outputs, heal_shards=1))
+    return Container(app_settings(ec_stack, heal_shards=1))
 
 
 @pytest.fixture
@@ -219,14 +219,14 @@ def test_work_stuck_longer_than_the_limit_is_recovered_from_the_table(
 
 
 def test_an_api_write_between_read_and_heal_wins(
-    container: Container, stack_outputs: StackOutputs, healer: Healer, clock: Clock
+    container: Container, ec_stack: StackOutputs, healer: Healer, clock: Clock
 ) -> None:
     # GIVEN a quiet account with BE drifted to 1 and EC 0
     account = new_account(container)
     container.accounts.give_back(account)
     clock.advance(QUIET + timedelta(seconds=1))
     # AND a create that lands right before the healer's conditional write
-    other = Container(app_settings(stack_outputs))
+    other = Container(app_settings(ec_stack))
     created: list[str] = []
 
     def concurrent_create(params: dict[str, Any], **_: Any) -> None:

@@ -49,19 +49,19 @@ class CrashAt:
 
 
 @pytest.fixture(scope="module")
-def stack_outputs(backend_url: str) -> StackOutputs:
+def ec_stack(backend_url: str) -> StackOutputs:
     return isolated_stack(backend_url, "ec-processor")
 
 
 @pytest.fixture(scope="module")
-def tail(stack_outputs: StackOutputs) -> StreamTail:
-    container = Container(app_settings(stack_outputs))
-    return StreamTail(container.streams, stack_outputs.stream_arn)
+def tail(ec_stack: StackOutputs) -> StreamTail:
+    container = Container(app_settings(ec_stack))
+    return StreamTail(container.streams, ec_stack.stream_arn)
 
 
 @pytest.fixture
-def container(stack_outputs: StackOutputs) -> Container:
-    return Container(app_settings(stack_outputs))
+def container(ec_stack: StackOutputs) -> Container:
+    return Container(app_settings(ec_stack))
 
 
 @pytest.fixture
@@ -176,7 +176,7 @@ def test_the_same_batch_delivered_twice_counts_once(
 
 @pytest.mark.parametrize("after_commit", [False, True], ids=["before-send", "after-commit"])
 def test_a_crash_in_the_middle_of_a_batch_never_changes_the_final_count(
-    stack_outputs: StackOutputs, container: Container, tail: StreamTail, after_commit: bool
+    ec_stack: StackOutputs, container: Container, tail: StreamTail, after_commit: bool
 ) -> None:
     # GIVEN a batch for three accounts, and a processor that dies at the 2nd transaction
     arrange = container
@@ -186,7 +186,7 @@ def test_a_crash_in_the_middle_of_a_batch_never_changes_the_final_count(
         arrange.service_service.delete(account, services[-1])
     batch = tail.take(accounts)
     crash = CrashAt(2, after_commit=after_commit)
-    doomed = attach_to_container(Container(app_settings(stack_outputs)), [crash])
+    doomed = attach_to_container(Container(app_settings(ec_stack)), [crash])
 
     # WHEN it crashes mid-batch, and Lambda redelivers the whole batch (to another container)
     with pytest.raises(Crash):
