@@ -87,10 +87,10 @@ def fuzz_tally(request: pytest.FixtureRequest) -> Iterator[Counter[tuple[str, in
         )
     )
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None and total:
-        reporter.write_line(
-            f"fuzz: {total} cases over {len(per_operation)} operations -> {SUMMARY}"
-        )
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is not None and capture is not None and total:
+        with capture.global_and_fixture_disabled():  # into the CI log, not the capture
+            reporter.write_line(f"\nfuzz: {total} cases over {len(per_operation)} operations")
 
 
 def load_contract() -> Any:
