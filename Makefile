@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet 'pip==26.2.1'  # chalice 1.34 needs pip<26.3
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
 	touch $(STAMP)
 
@@ -34,7 +34,15 @@ typecheck: $(STAMP)
 # Installs everything the suite needs, then runs it; the fixtures start the
 # embedded backend and the API server themselves.
 test: $(STAMP)
+	bash scripts/install-browser.sh
 	$(BIN)/pytest
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis
+
+# Load tests and benchmarks (docs/performance.md): starts its own local stack on free
+# 127.0.0.1 ports, runs every k6 scenario against ours and the two alternatives, and
+# writes artifacts/bench/report.md and counts.png. Under 10 minutes on 2 cores.
+# Options: make bench BENCH_ARGS="--scenarios hot_account --duration 30"
+bench: $(STAMP)
+	$(BIN)/python load-tests/bench.py $(BENCH_ARGS)

@@ -35,6 +35,7 @@ from chalicelib.entities import (
     timestamp,
     utc_now,
 )
+from chalicelib.errors import AccountNotEmptyError
 from chalicelib.repositories.accounts import AccountRepository, DecrementOutcome, IncrementOutcome
 from chalicelib.repositories.counts import CountRepository
 from chalicelib.repositories.dynamo import decode_cursor, encode_cursor
@@ -258,10 +259,16 @@ class FakeAccountRepository(_Recorder, AccountRepository):
             changes["max_number_of_services"] = max_number_of_services
         return Account.model_validate(self._write(account_id, changes))
 
-    def delete(self, account_id: str) -> bool:
+    def delete(self, account_id: str, *, observed_revision: int) -> bool:
         self._scripted("delete", account_id)
-        if self._item(account_id) is None:
+        item = self._item(account_id)
+        if item is None:
             return False
+        count = self.table.get(account_pk(account_id), count_sk())
+        if int(item.get("revision", 0)) != observed_revision or (
+            count is not None and int(count.get("count_value", 0)) != 0
+        ):
+            raise AccountNotEmptyError(account_id)
         self.table.delete(account_pk(account_id), ACCOUNT_SK)
         self.table.delete(account_pk(account_id), count_sk())
         return True

@@ -24,6 +24,7 @@ from chalicelib.errors import AccountNotEmptyError
 from chalicelib.repositories.dynamo import (
     CONDITION_FAILED,
     decode_cursor,
+    domain_error,
     encode_cursor,
     error_code,
     from_item,
@@ -122,7 +123,7 @@ class AccountRepository:
             }
         )
         absent = "attribute_not_exists(PK)"
-        with unavailable_as_domain_error("create account"):
+        try:
             self._client.transact_write_items(
                 TransactItems=[
                     {
@@ -139,8 +140,16 @@ class AccountRepository:
                             "ConditionExpression": absent,
                         }
                     },
-                ]
+                ],
+                # Makes botocore's retry of a lost response idempotent on DynamoDB.
+                ClientRequestToken=account.id,
             )
+        except ClientError as error:
+            codes = _cancellation_codes(error)
+            # Both items exist: ids are fresh UUIDs, so an earlier attempt of this
+            # very call was applied (backends that ignore the token get here).
+            if codes != ["ConditionalCheckFailed", "ConditionalCheckFailed"]:
+                raise domain_error("create account", error) from error
 
     def get(self, account_id: str, *, consistent: bool = False) -> Account | None:
         with unavailable_as_domain_error("read account"):
@@ -164,7 +173,15 @@ class AccountRepository:
 
     def page(self, limit: int, cursor: str | None) -> tuple[list[Account], str | None]:
         """One page of accounts in creation order (index query + batch get; no scan)."""
-        start = decode_cursor(cursor, _ACCOUNTS_INDEX_KEYS)
+        start = decode_cursor(
+            cursor,
+            _ACCOUNTS_INDEX_KEYS,
+            lambda key: (
+                key["listing"] == ACCOUNT_LISTING
+                and key["SK"] == ACCOUNT_SK
+                and key["PK"].startswith("ACCOUNT#")
+            ),
+        )
         query: dict[str, Any] = {
             "TableName": self._table,
             "IndexName": ACCOUNTS_INDEX,
@@ -226,43 +243,47 @@ class AccountRepository:
             raise
         return Account.model_validate(from_item(response["Attributes"]))
 
-    def delete(self, account_id: str) -> bool:
+    def delete(self, account_id: str, *, observed_revision: int) -> bool:
         """Delete the Account and its Count item; ``False`` if it did not exist.
 
-        The Count item must be at zero: a service counted after the caller checked for
+        Applies only if no best-effort write happened since ``observed_revision`` and
+        the eventual count is zero: a service created after the caller checked for
         services makes this fail with ``AccountNotEmptyError`` instead of orphaning it.
         """
         pk = account_pk(account_id)
         try:
-            with unavailable_as_domain_error("delete account"):
-                self._client.transact_write_items(
-                    TransactItems=[
-                        {
-                            "Delete": {
-                                "TableName": self._table,
-                                "Key": self._key(account_id),
-                                "ConditionExpression": "attribute_exists(PK)",
-                            }
-                        },
-                        {
-                            "Delete": {
-                                "TableName": self._table,
-                                "Key": to_item({"PK": pk, "SK": count_sk()}),
-                                "ConditionExpression": (
-                                    "attribute_not_exists(PK) OR count_value = :zero"
-                                ),
-                                "ExpressionAttributeValues": to_values({":zero": 0}),
-                            }
-                        },
-                    ]
-                )
+            self._client.transact_write_items(
+                TransactItems=[
+                    {
+                        "Delete": {
+                            "TableName": self._table,
+                            "Key": self._key(account_id),
+                            "ConditionExpression": "attribute_exists(PK) AND revision = :rev",
+                            "ExpressionAttributeValues": to_values({":rev": observed_revision}),
+                            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+                        }
+                    },
+                    {
+                        "Delete": {
+                            "TableName": self._table,
+                            "Key": to_item({"PK": pk, "SK": count_sk()}),
+                            "ConditionExpression": (
+                                "attribute_not_exists(PK) OR count_value = :zero"
+                            ),
+                            "ExpressionAttributeValues": to_values({":zero": 0}),
+                        }
+                    },
+                ],
+                ClientRequestToken=f"delete-{account_id}-{observed_revision}",
+            )
         except ClientError as error:
-            if error_code(error) != "TransactionCanceledException":
-                raise
+            codes = _cancellation_codes(error)
+            if "ConditionalCheckFailed" not in codes:
+                raise domain_error("delete account", error) from error
             reasons = error.response.get("CancellationReasons", [])
-            if reasons and reasons[0].get("Code") == "ConditionalCheckFailed":
+            if codes[0] == "ConditionalCheckFailed" and not reasons[0].get("Item"):
                 return False
-            # The count is not zero, or the stream processor is mid-transaction on it.
+            # Written since observed, or the count is not zero: services exist.
             raise AccountNotEmptyError(account_id) from error
         return True
 
@@ -422,6 +443,12 @@ class AccountRepository:
     @property
     def heal_shards(self) -> int:
         return self._heal_shards
+
+
+def _cancellation_codes(error: ClientError) -> list[str]:
+    if error_code(error) != "TransactionCanceledException":
+        return []
+    return [str(r.get("Code", "None")) for r in error.response.get("CancellationReasons", [])]
 
 
 def _unapplied_or_unknown(error: Exception) -> IncrementOutcome:

@@ -18,6 +18,7 @@ from botocore.exceptions import (
     ClientError,
     ConnectTimeoutError,
     EndpointConnectionError,
+    ParamValidationError,
 )
 
 from chalicelib.errors import BackendUnavailableError, FieldError, ValidationFailedError
@@ -103,19 +104,38 @@ def is_conflict(error: Exception) -> bool:
     return isinstance(error, ClientError) and error_code(error) == TRANSACTION_CONFLICT
 
 
-@contextmanager
-def unavailable_as_domain_error(operation: str) -> Iterator[None]:
-    """Map errors that mean "the backend is not answering" to the domain's 503."""
-    try:
-        yield
-    except ClientError as error:
+#: Nothing was applied, only contention or throttling stopped it: a 503, not a bug.
+_CONTENTION_CODES: Final = frozenset({TRANSACTION_CONFLICT, "TransactionCanceledException"})
+
+
+def domain_error(operation: str, error: Exception) -> Exception:
+    """The error to raise for ``error``: a 503 when the backend is not answering."""
+    if isinstance(error, ParamValidationError):
+        return error  # a bug in the request we built, not an outage
+    if isinstance(error, ClientError):
         code = error_code(error)
         status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
-        if code in NOT_APPLIED_CODES or code == TRANSACTION_CONFLICT or status >= 500:
-            raise BackendUnavailableError(operation) from error
-        raise
-    except BotoCoreError as error:
-        raise BackendUnavailableError(operation) from error
+        if code in NOT_APPLIED_CODES or code in _CONTENTION_CODES or status >= 500:
+            return BackendUnavailableError(operation)
+        return error
+    if isinstance(error, BotoCoreError):
+        return BackendUnavailableError(operation)
+    return error
+
+
+@contextmanager
+def unavailable_as_domain_error(operation: str) -> Iterator[None]:
+    """Map errors that mean "the backend is not answering" to the domain's 503.
+
+    Callers that expect a conditional failure catch it outside this block.
+    """
+    try:
+        yield
+    except (ClientError, BotoCoreError) as error:
+        mapped = domain_error(operation, error)
+        if mapped is error:
+            raise
+        raise mapped from error
 
 
 def encode_cursor(key: Mapping[str, Any] | None) -> str | None:
@@ -126,8 +146,15 @@ def encode_cursor(key: Mapping[str, Any] | None) -> str | None:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str | None, allowed_keys: frozenset[str]) -> Item | None:
-    """Inverse of :func:`encode_cursor`; rejects anything it did not produce."""
+def decode_cursor(
+    cursor: str | None,
+    allowed_keys: frozenset[str],
+    belongs: Callable[[Mapping[str, str]], bool] = lambda _: True,
+) -> Item | None:
+    """Inverse of :func:`encode_cursor`; rejects anything it did not produce.
+
+    ``belongs`` checks the decoded key (plain strings) points into the queried range.
+    """
     if cursor is None:
         return None
     invalid = ValidationFailedError([FieldError("query.cursor", "invalid cursor")])
@@ -138,6 +165,11 @@ def decode_cursor(cursor: str | None, allowed_keys: frozenset[str]) -> Item | No
         raise invalid from error
     if not isinstance(key, dict) or set(key) != allowed_keys:
         raise invalid
-    if not all(isinstance(v, dict) and set(v) == {"S"} for v in key.values()):
+    if not all(
+        isinstance(v, dict) and set(v) == {"S"} and isinstance(v["S"], str) and v["S"]
+        for v in key.values()
+    ):
+        raise invalid
+    if not belongs({name: value["S"] for name, value in key.items()}):
         raise invalid
     return key

@@ -115,7 +115,12 @@ class ServiceRepository:
         self, account_id: str, limit: int, cursor: str | None
     ) -> tuple[list[Service], str | None]:
         """One page of non-deleted services (at most ``limit``; may be fewer)."""
-        start = decode_cursor(cursor, _PAGE_KEYS)
+        pk = account_pk(account_id)
+        start = decode_cursor(
+            cursor,
+            _PAGE_KEYS,
+            lambda key: key["PK"] == pk and key["SK"].startswith(SERVICE_PREFIX),
+        )
         services: list[Service] = []
         for _ in range(_MAX_QUERIES_PER_PAGE):
             query: dict[str, Any] = {

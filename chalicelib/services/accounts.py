@@ -71,11 +71,14 @@ class AccountService:
 
     def delete(self, account_id: str) -> None:
         """Delete an account with no services at all (live or awaiting processing)."""
-        if self._accounts.get(account_id, consistent=True) is None:
+        found = self._accounts.get_with_revision(account_id)
+        if found is None:
             raise NotFoundError("account", account_id)
         if self._services.has_any(account_id):
             raise AccountNotEmptyError(account_id)
-        if not self._accounts.delete(account_id):
+        # Conditional on the revision read before the check: a create that slips in
+        # between bumps it and makes the delete fail instead of orphaning its service.
+        if not self._accounts.delete(account_id, observed_revision=found[1]):
             raise NotFoundError("account", account_id)
 
     def usage(self, account_id: str) -> Usage:

@@ -662,13 +662,9 @@ def test_with_all_of_predicates(faults: FaultInjector) -> None:
     assert not both({"ConditionExpression": "x"})
 
 
-# -- known bugs (strict xfail: each flips to a failure once fixed, remove the marker) --------
+# -- account transactions under contention, lost responses and races ---------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: AccountRepository.create lets TransactionCanceledException escape -> 500",
-)
 @pytest.mark.parametrize("reason", ["ThrottlingError", "TransactionConflict"])
 def test_account_create_canceled_by_contention_is_503(
     call: Caller, faults: FaultInjector, reason: str
@@ -682,10 +678,6 @@ def test_account_create_canceled_by_contention_is_503(
     assert_problem(reply, 503, "backend-unavailable")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: moto ignores ClientRequestToken; a retried create meets its own items -> 500",
-)
 def test_account_create_retried_after_lost_response_succeeds_once(
     call: Caller, faults: FaultInjector, dynamodb_client: DynamoDBClient, table: str
 ) -> None:
@@ -698,10 +690,6 @@ def test_account_create_retried_after_lost_response_succeeds_once(
     assert len(partition_items(dynamodb_client, table, account["id"])) == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: AccountRepository.delete reads every TransactionCanceledException as 'missing'",
-)
 @pytest.mark.parametrize("reason", ["ThrottlingError", "TransactionConflict"])
 def test_account_delete_canceled_by_contention_is_not_404(
     call: Caller, faults: FaultInjector, reason: str
@@ -717,10 +705,6 @@ def test_account_delete_canceled_by_contention_is_not_404(
     assert still_there == (reply.status == 503)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: account delete does not guard against a create racing past has_any()",
-)
 def test_account_delete_racing_a_create_leaves_no_orphan_service(
     call: Caller,
     faults: FaultInjector,

@@ -25,7 +25,7 @@ from chalicelib.entities import (
     service_sk,
     timestamp,
 )
-from chalicelib.errors import ValidationFailedError
+from chalicelib.errors import AccountNotEmptyError, ValidationFailedError
 from chalicelib.repositories.accounts import (
     AccountRepository,
     DecrementOutcome,
@@ -247,10 +247,21 @@ def test_account_update_never_creates(backend: Backend) -> None:
 
 def test_account_delete_removes_account_and_count(backend: Backend) -> None:
     account = new_account(backend)
-    assert backend.accounts.delete(account.id) is True
+    assert backend.accounts.delete(account.id, observed_revision=0) is True
     assert backend.accounts.get(account.id, consistent=True) is None
     assert backend.item(account_pk(account.id), count_sk()) is None
-    assert backend.accounts.delete(account.id) is False
+    assert backend.accounts.delete(account.id, observed_revision=0) is False
+
+
+def test_account_delete_refuses_after_a_counter_write(backend: Backend) -> None:
+    # GIVEN an account whose best-effort counter moved after its revision was observed
+    account = new_account(backend)
+    assert backend.accounts.increment(account.id) is IncrementOutcome.APPLIED
+
+    # WHEN it is deleted with the stale revision THEN it refuses and keeps the account
+    with pytest.raises(AccountNotEmptyError):
+        backend.accounts.delete(account.id, observed_revision=0)
+    assert backend.accounts.get(account.id, consistent=True) is not None
 
 
 def test_account_pages_in_creation_order_each_once(backend: Backend) -> None:
