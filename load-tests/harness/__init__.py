@@ -1,0 +1,1 @@
+"""The bench's machinery: backend, stacks, strategies, accounting, k6, reports."""
