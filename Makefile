@@ -46,3 +46,13 @@ clean:
 # Options: make bench BENCH_ARGS="--scenarios hot_account --duration 30"
 bench: $(STAMP)
 	$(BIN)/python load-tests/bench.py $(BENCH_ARGS)
+
+# Deploy or remove one stage on AWS (docs/deploy.md): make deploy STAGE=dev
+# Credentials and region come from the environment, as for the AWS CLI.
+deploy: $(STAMP)
+	@test -n "$(STAGE)" || { echo "usage: make deploy STAGE=dev|prod" >&2; exit 2; }
+	infrastructure/deploy.sh $(STAGE)
+
+teardown: $(STAMP)
+	@test -n "$(STAGE)" || { echo "usage: make teardown STAGE=dev|prod" >&2; exit 2; }
+	infrastructure/teardown.sh $(STAGE)
