@@ -387,7 +387,9 @@ class FakeServiceRepository(_Recorder, ServiceRepository):
         stored.update({"name": name, "updated_at": _now()})
         return Service.model_validate(stored)
 
-    def soft_delete(self, account_id: str, service_id: str, request_id: str) -> SoftDeleteOutcome:
+    def soft_delete(
+        self, account_id: str, service_id: str, request_id: str, *, accounted: bool = True
+    ) -> SoftDeleteOutcome:
         scripted = self._scripted("soft_delete", account_id, service_id, request_id)
         if scripted is not None and scripted.result is not None:
             result: SoftDeleteOutcome = scripted.result
@@ -398,11 +400,19 @@ class FakeServiceRepository(_Recorder, ServiceRepository):
         if item.get("deleted"):
             if item.get("deleted_by") == request_id:
                 return SoftDeleteOutcome.DELETED
+            if item.get("accounted") is True:
+                return SoftDeleteOutcome.GONE_ACCOUNTED
             return SoftDeleteOutcome.GONE
         now = _now()
         stored = self.table.items[(account_pk(account_id), service_sk(service_id))]
         stored.update(
-            {"deleted": True, "deleted_by": request_id, "updated_at": now, "pending_since": now}
+            {
+                "deleted": True,
+                "deleted_by": request_id,
+                "updated_at": now,
+                "pending_since": now,
+                "accounted": accounted,
+            }
         )
         return SoftDeleteOutcome.DELETED
 

@@ -41,8 +41,12 @@ _MAX_QUERIES_PER_PAGE: Final = 5
 
 class SoftDeleteOutcome(enum.Enum):
     DELETED = "deleted"
-    #: Missing, or already deleted by someone else.
+    #: Missing, or deleted by someone else whose decrement is not known to have
+    #: applied: a decrement of ours is the only one and must stand.
     GONE = "gone"
+    #: Deleted by someone else who accounted for it (their decrement applied, or the
+    #: best-effort counter never counted it): a decrement of ours is one too many.
+    GONE_ACCOUNTED = "gone_accounted"
 
 
 class ServiceRepository:
@@ -165,11 +169,16 @@ class ServiceRepository:
             raise
         return Service.model_validate(from_item(response["Attributes"]))
 
-    def soft_delete(self, account_id: str, service_id: str, request_id: str) -> SoftDeleteOutcome:
+    def soft_delete(
+        self, account_id: str, service_id: str, request_id: str, *, accounted: bool = True
+    ) -> SoftDeleteOutcome:
         """Flag a live service deleted (the stream processor hard-deletes it).
 
         ``request_id`` is stored with the flag so that a retry after a lost response
         recognises its own write instead of mistaking it for a concurrent delete.
+        ``accounted`` records whether the best-effort counter no longer counts the
+        service (this request's decrement applied, or it was never counted), so a
+        concurrent loser knows whether its own decrement was a duplicate.
         """
         now = timestamp(self._clock())
         try:
@@ -180,11 +189,17 @@ class ServiceRepository:
                         Key=self._key(account_id, service_id),
                         UpdateExpression=(
                             "SET deleted = :true, deleted_by = :request, updated_at = :now, "
-                            "pending_since = :now"
+                            "pending_since = :now, accounted = :accounted"
                         ),
                         ConditionExpression="attribute_exists(PK) AND deleted = :false",
                         ExpressionAttributeValues=to_values(
-                            {":true": True, ":false": False, ":request": request_id, ":now": now}
+                            {
+                                ":true": True,
+                                ":false": False,
+                                ":request": request_id,
+                                ":now": now,
+                                ":accounted": accounted,
+                            }
                         ),
                         ReturnValuesOnConditionCheckFailure="ALL_OLD",
                     )
@@ -195,6 +210,8 @@ class ServiceRepository:
             current = from_item(error.response.get("Item") or {})  # type: ignore[arg-type]
             if current.get("deleted_by") == request_id:
                 return SoftDeleteOutcome.DELETED
+            if current.get("deleted") and current.get("accounted") is True:
+                return SoftDeleteOutcome.GONE_ACCOUNTED
             return SoftDeleteOutcome.GONE
         return SoftDeleteOutcome.DELETED
 

@@ -68,7 +68,10 @@ class ServiceService:
     def _roll_back(self, service: Service) -> None:
         if not self._services.remove_uncounted(service.account_id, service.id):
             # Counted already: let the stream processor hard-delete and decrement it.
-            self._services.soft_delete(service.account_id, service.id, request_id=service.id)
+            # The best-effort counter never counted it: accounted for.
+            self._services.soft_delete(
+                service.account_id, service.id, request_id=service.id, accounted=True
+            )
 
     def get(self, account_id: str, service_id: str) -> Service:
         service = self._services.get(account_id, service_id)
@@ -94,10 +97,14 @@ class ServiceService:
         service = self._services.get(account_id, service_id)
         if service is None or service.deleted:
             raise NotFoundError("service", service_id)
-        decremented = self._accounts.decrement(account_id)
-        outcome = self._services.soft_delete(account_id, service_id, request_id=self._new_id())
-        if outcome is SoftDeleteOutcome.GONE:
-            # A concurrent delete won: our decrement was one too many.
-            if decremented is DecrementOutcome.APPLIED:
-                self._accounts.give_back(account_id)
-            raise NotFoundError("service", service_id)
+        decremented = self._accounts.decrement(account_id) is DecrementOutcome.APPLIED
+        outcome = self._services.soft_delete(
+            account_id, service_id, request_id=self._new_id(), accounted=decremented
+        )
+        if outcome is SoftDeleteOutcome.DELETED:
+            return
+        # A concurrent delete won. Give our decrement back only when the winner's also
+        # applied (a double decrement); otherwise ours is the only one and stands.
+        if decremented and outcome is SoftDeleteOutcome.GONE_ACCOUNTED:
+            self._accounts.give_back(account_id)
+        raise NotFoundError("service", service_id)

@@ -740,10 +740,6 @@ def test_account_delete_racing_a_create_leaves_no_orphan_service(
     assert len(services) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: give-back after a concurrent delete whose own decrement was SKIPPED overcounts",
-)
 def test_delete_race_with_a_skipped_winner_never_overcounts(
     call: Caller,
     faults: FaultInjector,

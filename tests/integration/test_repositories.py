@@ -406,11 +406,12 @@ def test_soft_delete_flags_once_and_recognises_its_own_retry(backend: Backend) -
     retried = backend.services.soft_delete(account.id, service.id, "request-1")
     other = backend.services.soft_delete(account.id, service.id, "request-2")
 
-    # THEN the first and its own retry report DELETED, the other GONE
+    # THEN the first and its own retry report DELETED, the other GONE_ACCOUNTED
+    # (the first request accounted for the service)
     assert (first, retried, other) == (
         SoftDeleteOutcome.DELETED,
         SoftDeleteOutcome.DELETED,
-        SoftDeleteOutcome.GONE,
+        SoftDeleteOutcome.GONE_ACCOUNTED,
     )
     # AND the item is flagged and pending for the processor
     item = service_item(backend, account.id, service.id)
@@ -418,6 +419,17 @@ def test_soft_delete_flags_once_and_recognises_its_own_retry(backend: Backend) -
     assert item["deleted"] is True
     assert item["deleted_by"] == "request-1"
     assert backend.services.count_pending(account.id) == 1
+
+
+def test_soft_delete_loser_learns_the_winner_did_not_account(backend: Backend) -> None:
+    # GIVEN a service soft-deleted by a request whose decrement did not apply
+    account = new_account(backend)
+    service = new_service(backend, account.id)
+    backend.services.soft_delete(account.id, service.id, "winner", accounted=False)
+
+    # WHEN another request tries THEN it is told its own decrement must stand
+    outcome = backend.services.soft_delete(account.id, service.id, "loser")
+    assert outcome is SoftDeleteOutcome.GONE
 
 
 def test_soft_delete_of_missing_service_creates_nothing(backend: Backend) -> None:
