@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,15 @@ def _ratio(ours: float, other: float, digits: int = 2) -> str:
     if other == 0:
         return "n/a" if ours == 0 else "∞"
     return f"{ours / other:.{digits}f}"
+
+
+def _crossed(run: RunResult) -> str:
+    """The thresholds k6 saw crossed, shortened: ``create p(95)<250``."""
+    names = [
+        re.sub(r"http_req_duration\{name:(\w+)\}:", r"\1", name).replace(": ", " ")
+        for name in run.k6.crossed()
+    ]
+    return ", ".join(names) or "none"
 
 
 def _row(*cells: object) -> str:
