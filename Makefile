@@ -56,3 +56,15 @@ deploy: $(STAMP)
 teardown: $(STAMP)
 	@test -n "$(STAGE)" || { echo "usage: make teardown STAGE=dev|prod" >&2; exit 2; }
 	infrastructure/teardown.sh $(STAGE)
+
+# Operator shortcuts against the running local stack (`make run`); the full command
+# is `python -m infrastructure.counterctl --help` (docs/eventual-counter.md).
+.PHONY: dlq heal
+LOCAL_AWS_ENV := AWS_ENDPOINT_URL=http://127.0.0.1:4566 AWS_ACCESS_KEY_ID=local \
+	AWS_SECRET_ACCESS_KEY=local AWS_DEFAULT_REGION=us-east-1
+
+dlq: $(STAMP)
+	$(LOCAL_AWS_ENV) $(BIN)/python -m infrastructure.counterctl dlq list
+
+heal: $(STAMP)
+	$(LOCAL_AWS_ENV) $(BIN)/python -m infrastructure.counterctl heal
