@@ -95,7 +95,7 @@ def lambda_service_needs(stage: Stage, handler: str, outputs: StackOutputs) -> l
 
 @pytest.fixture(scope="module")
 def recorded(dev_stack: StackOutputs, backend_url: str) -> CallRecorder:
-    """Runs every flow of the app against the dev stack; yields what each function needed."""
+    """Runs every flow of the app against the dev stack; returns what each function needed."""
     settings = Settings(
         table_name=dev_stack.table_name,
         stream_arn=dev_stack.stream_arn,
@@ -156,6 +156,8 @@ class Flows:
         )
 
     def run_all(self) -> None:
+        # The test client puts the stage's variables in the environment during each
+        # request; the container's clients already exist (hooked), so they keep theirs.
         with Client(self.app_module.app, stage_name="local") as client:
             self.http = client.http
             self.drain_stream()  # records of earlier tests on this table
