@@ -198,11 +198,15 @@ def _sent_at(letter: DeadLetter) -> str:
 
 def _heal(app: Container, account_id: str | None, printer: Printer) -> int:
     if account_id is not None:
-        outcome = app.healer.heal(account_id)
+        try:
+            outcome = app.healer.heal(account_id).value
+        except Exception as error:  # e.g. a stuck account whose recovery left work
+            printer.line(f"heal of {account_id} failed: {error}")
+            return FAILED
         if printer.as_json:
-            printer.json({"outcomes": {account_id: outcome.value}})
+            printer.json({"outcomes": {account_id: outcome}})
         else:
-            printer.table(("account", "outcome"), [(account_id, outcome.value)])
+            printer.table(("account", "outcome"), [(account_id, outcome)])
         return OK
     report = app.healer.run()
     outcomes = {account: outcome.value for account, outcome in report.outcomes.items()}
