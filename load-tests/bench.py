@@ -352,6 +352,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     for noisy in ("botocore", "urllib3", "waitress", "infrastructure", "chalicelib", "app"):
         logging.getLogger(noisy).setLevel(logging.WARNING if not args.verbose else logging.INFO)
+    # Requests waiting for a free API thread: visible in the latencies already.
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     scenarios = [s for s in args.scenarios.split(",") if s]
     chosen = [s for s in args.strategies.split(",") if s]
     unknown = [s for s in scenarios if s not in SCENARIOS] + [

@@ -100,7 +100,7 @@ def markdown(
                 r.ok_statuses(),
                 r.errors_seen,
                 r.outside_contract,
-                ", ".join(r.k6.crossed()) or "none",
+                _crossed(r),
                 f"{_f(r.lag_s(50), 2)} / {_f(r.lag_s(99), 2)}",
                 f"{'yes' if r.drained else 'NO'} ({_f(r.drain_seconds)} s)",
             )
