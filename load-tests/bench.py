@@ -36,6 +36,7 @@ for _path in (str(REPO_ROOT), str(LOAD_TESTS)):
 from harness import capacity as capacity_module  # noqa: E402
 from harness import k6, report, stack  # noqa: E402
 from harness.results import RunResult, TableCheck  # noqa: E402
+from harness.units import item_size  # noqa: E402
 
 logger = logging.getLogger("bench")
 
@@ -58,8 +59,9 @@ class Scenario:
         return env
 
 
-#: Rates chosen to sit below what this 2-core machine sustains for the slowest strategy
-#: in each shape, so that latency reflects the strategy, not an overloaded host.
+#: Rates for an idle 2-core machine (REFERENCE_PUT_PER_SECOND); ``--scale auto`` scales
+#: them to the capacity measured in the run, so a busy machine runs the same shapes
+#: below saturation and latency reflects the strategies, not an overloaded host.
 SCENARIOS: Final = {
     "original": Scenario("original.js", {"RATE": 25}),
     "many_accounts": Scenario("many_accounts.js", {"RATE": 60, "ACCOUNTS": 50}),
@@ -109,7 +111,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--stock-moto",
         action="store_true",
-        help="do not patch moto's table-copying transactions (see harness/moto_patch.py)",
+        help="run moto unpatched: table-copying transactions, slow GetRecords "
+        "(see harness/moto_patch.py)",
     )
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "artifacts" / "bench")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -141,7 +144,8 @@ def machine() -> dict[str, Any]:
 # -- one run ---------------------------------------------------------------------------
 
 
-def table_check(url: str, table: str) -> TableCheck:
+def table_check(url: str, table: str, *, single_counter: bool) -> TableCheck:
+    """Scan the table: per account BE, EC and live services; the invariants they must keep."""
     import boto3
 
     client = boto3.client("dynamodb", endpoint_url=url)
@@ -153,8 +157,6 @@ def table_check(url: str, table: str) -> TableCheck:
             TableName=table, ConsistentRead=True, **({"ExclusiveStartKey": start} if start else {})
         )
         for item in page.get("Items", []):
-            from harness.units import item_size
-
             check.largest_item_bytes = max(check.largest_item_bytes, item_size(item))
             account = item["PK"]["S"].removeprefix("ACCOUNT#")
             entry = per_account.setdefault(account, {"live": 0, "be": 0, "ec": 0, "limit": 0})
@@ -175,6 +177,8 @@ def table_check(url: str, table: str) -> TableCheck:
         check.best_effort += entry["be"]
         check.eventual += entry["ec"]
         check.be_above_live += entry["be"] > entry["live"]
+        counted = entry["be"] if single_counter else entry["ec"]
+        check.ec_mismatch += counted != entry["live"]
         check.max_over_limit = max(check.max_over_limit, entry["live"] - entry["limit"])
     return check
 
@@ -256,14 +260,8 @@ def run_one(
         server.stop()
         strategy.stop_pollers()
         use_container(None)
-    check = table_check(url, outputs.table_name)
     accounting = strategy.accounting
-    check.ec_mismatch = sum(
-        1
-        for account in set(accounting.live) | set(accounting.eventual)
-        if (accounting.best_effort if accounting._single else accounting.eventual)[account]
-        != accounting.live[account]
-    )
+    check = table_check(url, outputs.table_name, single_counter=accounting.single_counter)
     if check.live != sum(accounting.live.values()):
         logger.warning(
             "%s: table has %d live services, the hooks tracked %d",
@@ -285,7 +283,7 @@ def run_one(
         drained=drained,
         check=check,
         conflicts=len(strategy.contention.log),
-        single_counter=accounting._single,
+        single_counter=accounting.single_counter,
         load_ended_at=load_ended_at,
         cpu=cpu,
         busy=busy,

@@ -114,6 +114,11 @@ class Accounting:
         self._sampler: threading.Thread | None = None
         self._stop = threading.Event()
 
+    @property
+    def single_counter(self) -> bool:
+        """The strategy has one exact counter (EC is BE)."""
+        return self._single
+
     # -- hooks ---------------------------------------------------------------------
 
     def attach(self, client: BaseClient) -> BaseClient:

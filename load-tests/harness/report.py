@@ -129,8 +129,9 @@ def markdown(
     )
     for r in runs:
         c, d, p, check = r.per_create(), r.per_delete(), r.per_counted_change(), r.check
+        ec = "= BE" if r.single_counter else str(check.eventual)
         verdict = (
-            f"live {check.live}, BE {check.best_effort}, EC {check.eventual}; "
+            f"live {check.live}, BE {check.best_effort}, EC {ec}; "
             f"BE>live in {check.be_above_live}, EC≠live in {check.ec_mismatch}, "
             f"over limit by {max(0, check.max_over_limit)}; largest item "
             f"{check.largest_item_bytes} B"
