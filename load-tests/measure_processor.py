@@ -14,8 +14,10 @@ from the template for each measurement, and prints two tables:
 2. **Lag, write to counted**, at a steady create rate through the HTTP API (waitress,
    as ``make run`` serves it): for each service, from the moment its ``POST /services``
    was answered to the moment the stream handler returned from the batch that
-   counted it. The stream mapping runs with the deployed settings (batch 100,
-   window 1 s, 4 polls a second when idle).
+   counted it. The creates come from a separate process (open loop, 16 connections);
+   the API and the stream poller share this one, as under ``make run``. The stream
+   mapping runs with the deployed settings (batch 100, window 1 s, 4 polls a second
+   when idle).
 
 ``--backend item-rollback`` runs the backend with the bench harness's moto patch
 (``load-tests/harness/moto_patch.py``): moto copies the whole table, stream included,
@@ -236,35 +238,72 @@ class LagRow:
     p50_ms: float
     p99_ms: float
     max_ms: float
+    #: Of the lag: until the batch holding the INSERT was handed to the handler.
+    delivered_p50_ms: float
+    delivered_p99_ms: float
     transactions_per_record: float
 
 
 class CountedAt:
-    """Wraps the stream handler: when did the batch that counted each service return."""
+    """Wraps the stream handler: when each service's batch was delivered, and when the
+    handler returned from it (wall clock, comparable across processes)."""
 
     def __init__(self, handler: Callable[[dict[str, Any], Any], Any]) -> None:
         self._handler = handler
         self._lock = threading.Lock()
+        self.delivered: dict[str, float] = {}
         self.at: dict[str, float] = {}
         self.records = 0
 
     def __call__(self, event: dict[str, Any], context: Any) -> Any:
+        delivered = time.time()
         response = self._handler(event, context)
-        done = time.monotonic()
-        failed = {f["itemIdentifier"] for f in (response or {}).get("batchItemFailures", [])}
+        done = time.time()
+        failed = bool((response or {}).get("batchItemFailures"))
         with self._lock:
             self.records += len(event["Records"])
             for record in event["Records"]:
                 if failed:
-                    break
+                    break  # counted on a later delivery
                 if record["eventName"] == "INSERT":
-                    sk = record["dynamodb"]["Keys"]["SK"]["S"]
-                    self.at.setdefault(sk.removeprefix("SERVICE#"), done)
+                    sid = record["dynamodb"]["Keys"]["SK"]["S"].removeprefix("SERVICE#")
+                    self.delivered.setdefault(sid, delivered)
+                    self.at.setdefault(sid, done)
         return response
 
 
+def generate(api_url: str, accounts: list[str], rate: float, seconds: float) -> int:
+    """Child process: open-loop creates at ``rate``; prints ``id acked-at`` per line."""
+    local = threading.local()
+    lock = threading.Lock()
+
+    def create(n: int) -> None:
+        if not hasattr(local, "session"):
+            local.session = requests.Session()
+        response = local.session.post(
+            f"{api_url}/services",
+            json={"account_id": accounts[n % len(accounts)], "name": f"s{n}"},
+            timeout=30,
+        )
+        acked = time.time()
+        response.raise_for_status()
+        with lock:
+            print(response.json()["id"], acked, flush=True)
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        for n in range(int(rate * seconds)):
+            delay = started + n / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            pool.submit(create, n)
+    print("elapsed", time.monotonic() - started, flush=True)
+    return 0
+
+
 def measure_lag(url: str, *, rate: float, seconds: float, accounts: int) -> LagRow:
-    """Open-loop creates at ``rate``/s through HTTP; lag until the stream counted each."""
+    """Open-loop creates at ``rate``/s through HTTP from another process; lag until the
+    stream handler counted each."""
     import app as app_module
     from infrastructure.local.wsgi import ApiServer
 
@@ -286,38 +325,23 @@ def measure_lag(url: str, *, rate: float, seconds: float, accounts: int) -> LagR
             for n in range(accounts)
         ]
         thread.start()
-        acked: dict[str, float] = {}
-        local = threading.local()
-
-        def create(n: int) -> None:
-            if not hasattr(local, "session"):
-                local.session = requests.Session()
-            response = local.session.post(
-                f"{server.url}/services",
-                json={"account_id": ids[n % accounts], "name": f"s{n}"},
-                timeout=30,
-            )
-            done = time.monotonic()
-            response.raise_for_status()
-            acked[response.json()["id"]] = done
-
-        total = int(rate * seconds)
-        started = time.monotonic()
-        with ThreadPoolExecutor(max_workers=16) as pool:
-            for n in range(total):
-                delay = started + n / rate - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-                pool.submit(create, n)
-        elapsed = time.monotonic() - started
+        command = [sys.executable, __file__, "--generate", server.url, ",".join(ids),
+                   str(rate), str(seconds)]  # fmt: skip
+        output = subprocess.run(
+            command, capture_output=True, text=True, check=True, timeout=seconds * 10 + 60
+        ).stdout.split("\n")
+        acked = {sid: float(at) for sid, at in (line.split() for line in output if line.strip())}
+        elapsed = acked.pop("elapsed")
         deadline = time.monotonic() + DRAIN_TIMEOUT_SECONDS
         while time.monotonic() < deadline and not set(acked) <= set(counted.at):
             time.sleep(0.1)
         stop.set()
         thread.join(10)
-    lags = sorted((counted.at[sid] - at) * 1000 for sid, at in acked.items() if sid in counted.at)
-    if len(lags) < len(acked):
-        raise RuntimeError(f"{len(acked) - len(lags)} services never counted")
+    missing = set(acked) - set(counted.at)
+    if missing:
+        raise RuntimeError(f"{len(missing)} services never counted")
+    lags = sorted((counted.at[sid] - at) * 1000 for sid, at in acked.items())
+    waits = sorted((counted.delivered[sid] - at) * 1000 for sid, at in acked.items())
     return LagRow(
         rate=rate,
         seconds=seconds,
@@ -325,10 +349,16 @@ def measure_lag(url: str, *, rate: float, seconds: float, accounts: int) -> LagR
         created=len(acked),
         achieved_rate=len(acked) / elapsed,
         p50_ms=statistics.median(lags),
-        p99_ms=lags[min(len(lags) - 1, round(0.99 * (len(lags) - 1)))],
+        p99_ms=_p99(lags),
         max_ms=lags[-1],
+        delivered_p50_ms=statistics.median(waits),
+        delivered_p99_ms=_p99(waits),
         transactions_per_record=counter.calls["TransactWriteItems"] / max(1, counted.records),
     )
+
+
+def _p99(ordered: list[float]) -> float:
+    return ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
 
 
 # -- output ------------------------------------------------------------------------------------
@@ -350,6 +380,10 @@ def _cell(value: Any) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--generate"]:  # the load generator's own process
+        api_url, accounts, rate, seconds = argv[1:5]
+        return generate(api_url, accounts.split(","), float(rate), float(seconds))
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backend", choices=("stock", "item-rollback"), default="stock")
     parser.add_argument("--accounts", type=int, default=10, help="accounts (batch sizes)")
@@ -392,9 +426,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"deployed stream mapping: batch 100, window 1 s)\n"
             )
             print_table(
-                ["created", "achieved/s", "p50 ms", "p99 ms", "max ms", "tx/record"],
+                ["created", "achieved/s", "p50 ms", "p99 ms", "max ms",
+                 "delivered p50 ms", "delivered p99 ms", "tx/record"],
                 [[lag.created, lag.achieved_rate, lag.p50_ms, lag.p99_ms, lag.max_ms,
-                  lag.transactions_per_record]],
+                  lag.delivered_p50_ms, lag.delivered_p99_ms, lag.transactions_per_record]],
             )  # fmt: skip
             results["lag"] = asdict(lag)
     if args.json:
