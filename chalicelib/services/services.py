@@ -8,7 +8,7 @@ from collections.abc import Callable
 from datetime import datetime
 
 from chalicelib.entities import Service, timestamp, utc_now
-from chalicelib.errors import NotFoundError, ServiceLimitReachedError
+from chalicelib.errors import BackendUnavailableError, NotFoundError, ServiceLimitReachedError
 from chalicelib.repositories.accounts import (
     AccountRepository,
     DecrementOutcome,
@@ -97,7 +97,13 @@ class ServiceService:
         service = self._services.get(account_id, service_id)
         if service is None or service.deleted:
             raise NotFoundError("service", service_id)
-        decremented = self._accounts.decrement(account_id) is DecrementOutcome.APPLIED
+        decrement = self._accounts.decrement(account_id)
+        if decrement is DecrementOutcome.UNKNOWN:
+            # Not known to have applied: soft-deleting now could leave the best-effort
+            # counter above the live services (I1). Keep the service; the counter may
+            # undercount by one (safe, healed later) and the client retries.
+            raise BackendUnavailableError("delete service")
+        decremented = decrement is DecrementOutcome.APPLIED
         outcome = self._services.soft_delete(
             account_id, service_id, request_id=self._new_id(), accounted=decremented
         )
