@@ -118,6 +118,11 @@ class RunResult:
         return self.k6.requests / self.k6.seconds
 
     @property
+    def good_per_second(self) -> float:
+        """Responses the scenario expected (200; 409 where the limit is the point) per second."""
+        return (self.k6.requests - self.unexpected) / self.k6.seconds
+
+    @property
     def creates_per_second(self) -> float:
         route = self.k6.routes.get("create")
         return (route.statuses[200] if route else 0) / self.k6.seconds
