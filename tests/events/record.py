@@ -88,8 +88,6 @@ def _scrub(node: Any) -> None:
         for key, value in node.items():
             if key == "ApproximateCreationDateTime":
                 node[key] = _EPOCH
-            elif key == "eventID":
-                node[key] = "0" * 24 + f"{abs(hash(json.dumps(node['dynamodb']))) % 10**8:08d}"
             elif key in {"receiptHandle", "md5OfBody"}:
                 node[key] = f"sanitised-{key}"
             elif key in {"SentTimestamp", "ApproximateFirstReceiveTimestamp"}:
