@@ -133,6 +133,7 @@ def _record(url: str) -> int:
     os.environ.update(outputs.app_environment())
 
     import app as app_module
+    from chalicelib import event_sources as mapping
     from chalicelib.bootstrap import Container, use_container
     from chalicelib.services.accounts import AccountService
     from chalicelib.services.services import ServiceService
@@ -201,7 +202,7 @@ def _record(url: str) -> int:
         maximum_retry_attempts=0,
         bisect_on_error=False,
         filter_criteria=local.FilterCriteria.from_mapping_property(
-            local.mapping.stream_mapping_properties()["FilterCriteria"]
+            mapping.stream_mapping_properties()["FilterCriteria"]
         ),
     )
 

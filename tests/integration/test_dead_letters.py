@@ -115,7 +115,7 @@ def tier1_poller(container: Container, ec_stack: StackOutputs) -> SqsPoller:
 
 
 def drain(poller: StreamPoller) -> list[StreamPollResult]:
-    results = []
+    results: list[StreamPollResult] = []
     for _ in range(MAX_STEPS):
         result = poller.poll_once()
         if result.idle:
@@ -339,10 +339,10 @@ def test_replay_reads_past_empty_pages_of_the_stream(
     create(container, account, 3)
     records = tail.take([account])
     message = _on_failure_message(records, ec_stack)
-    streams = PagedStreams([[], records[:2], [], records[2:]])
+    streams: Any = PagedStreams([[], records[:2], [], records[2:]])
     replayer = DeadLetterReplayer(
         container.processor, streams, container.dynamodb, ec_stack.table_name
-    )  # type: ignore[arg-type]
+    )
 
     # WHEN the range is replayed THEN every record in it was read and counted
     replayer.replay(message)
