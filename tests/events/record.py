@@ -104,9 +104,13 @@ def _scrub(node: Any) -> None:
 
 
 def _event_ids(records: list[dict[str, Any]]) -> None:
-    # Stable event ids: derived from the (already sanitised) sequence numbers.
+    # Stable event ids (from the sanitised sequence numbers) and sizes (from the
+    # sanitised keys and images; the recorded ones vary with timestamp digits).
     for record in records:
-        record["eventID"] = f"{int(record['dynamodb']['SequenceNumber']):032x}"
+        body = record["dynamodb"]
+        record["eventID"] = f"{int(body['SequenceNumber']):032x}"
+        images = {k: body[k] for k in ("Keys", "NewImage", "OldImage") if k in body}
+        body["SizeBytes"] = len(json.dumps(images, sort_keys=True, separators=(",", ":")))
 
 
 def write(name: str, event: dict[str, Any]) -> None:
