@@ -275,6 +275,9 @@ class Fault:
     send: bool = True
     #: ``interleave`` only: what runs before the attempt is sent.
     action: Callable[[], None] | None = None
+    #: Extra top-level fields computed from the refused request's parameters (e.g.
+    #: ``CancellationReasons`` with one reason per item of that very transaction).
+    extra_for: Callable[[Params], Mapping[str, Any]] | None = None
 
 
 @dataclass
@@ -300,9 +303,13 @@ class Rule:
         )
 
 
-def _error_response(request: AWSPreparedRequest, fault: Fault) -> AWSResponse:
+def _error_response(
+    request: AWSPreparedRequest, fault: Fault, params: Params | None = None
+) -> AWSResponse:
     body = {"__type": _DYNAMODB_ERROR_PREFIX + fault.code, "message": fault.message}
     body |= dict(fault.extra)
+    if fault.extra_for is not None:
+        body |= dict(fault.extra_for(params or {}))
     payload = json.dumps(body).encode()
     headers = {
         "Content-Type": "application/x-amz-json-1.0",
@@ -320,6 +327,15 @@ class _Raw:
 
     def stream(self, **_: Any) -> Iterator[bytes]:
         yield self._payload
+
+
+def _cancellation(reasons: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    codes = ", ".join(str(r.get("Code", "None")) for r in reasons)
+    return {
+        "message": f"Transaction cancelled, please refer cancellation reasons for "
+        f"specific reasons [{codes}]",
+        "CancellationReasons": [dict(r) for r in reasons],
+    }
 
 
 class FaultInjector:
@@ -389,8 +405,13 @@ class FaultInjector:
         when: Schedule | None = None,
         client: str | None = None,
         name: str | None = None,
+        first: bool = False,
     ) -> Rule:
-        """Add a rule. ``when`` defaults to every matching attempt."""
+        """Add a rule. ``when`` defaults to every matching attempt.
+
+        Rules are tried in order; ``first=True`` puts this one ahead of the others
+        (e.g. a race that must run before a random fault can refuse the attempt).
+        """
         with self._lock:
             rule = Rule(
                 name=name or f"{fault.kind}#{len(self._rules) + 1}",
@@ -400,7 +421,10 @@ class FaultInjector:
                 when=when or always(),
                 client=client,
             )
-            self._rules.append(rule)
+            if first:
+                self._rules.insert(0, rule)
+            else:
+                self._rules.append(rule)
         return rule
 
     def throttle(
@@ -429,20 +453,28 @@ class FaultInjector:
         self,
         operation: str | None = "TransactWriteItems",
         *,
-        reasons: Sequence[Mapping[str, Any]],
+        reasons: Sequence[Mapping[str, Any]] | Callable[[Params], Sequence[Mapping[str, Any]]],
         **options: Any,
     ) -> Rule:
         """Refuse before sending with ``TransactionCanceledException``.
 
         ``reasons`` are the ``CancellationReasons``, one per transaction item, e.g.
-        ``[{"Code": "None"}, {"Code": "ConditionalCheckFailed", "Message": "..."}]``.
+        ``[{"Code": "None"}, {"Code": "ConditionalCheckFailed", "Message": "..."}]``;
+        or a function of the request's parameters that returns them (so they can
+        match the size of whatever transaction is refused).
         """
-        codes = ", ".join(str(r.get("Code", "None")) for r in reasons)
+        if callable(reasons):
+            compute = reasons
+            fault = Fault(
+                FaultKind.CANCELED,
+                code="TransactionCanceledException",
+                extra_for=lambda params: _cancellation(compute(params)),
+            )
+            return self.add(fault, operation, **options)
         fault = Fault(
             FaultKind.CANCELED,
             code="TransactionCanceledException",
-            message=f"Transaction cancelled, please refer cancellation reasons for "
-            f"specific reasons [{codes}]",
+            message=_cancellation(reasons)["message"],
             extra={"CancellationReasons": [dict(r) for r in reasons]},
         )
         return self.add(fault, operation, **options)
@@ -547,7 +579,7 @@ class FaultInjector:
             return None
         if fault.kind is not FaultKind.AMBIGUOUS:
             self.log.record(record)
-            return _error_response(request, fault)
+            return _error_response(request, fault, params)
         status: int | None = None
         if fault.send:
             response = self._http.send(request)
