@@ -8,7 +8,7 @@ import uuid
 import pytest
 
 from chalicelib.entities import Account, account_pk, service_sk, timestamp, utc_now
-from chalicelib.errors import NotFoundError, ServiceLimitReachedError
+from chalicelib.errors import BackendUnavailableError, NotFoundError, ServiceLimitReachedError
 from chalicelib.repositories.accounts import DecrementOutcome, IncrementOutcome
 from chalicelib.repositories.services import SoftDeleteOutcome
 from chalicelib.services.services import ServiceService
@@ -351,7 +351,6 @@ def test_delete_with_undercounted_best_effort_counter_stays_at_zero(
     [
         pytest.param(DecrementOutcome.APPLIED, True, id="applied"),
         pytest.param(DecrementOutcome.SKIPPED, False, id="skipped"),
-        pytest.param(DecrementOutcome.UNKNOWN, False, id="unknown"),
     ],
 )
 def test_concurrent_delete_gives_the_decrement_back_only_when_it_was_applied(
@@ -373,6 +372,22 @@ def test_concurrent_delete_gives_the_decrement_back_only_when_it_was_applied(
     # THEN an applied decrement is given back exactly once (net BE unchanged here)
     assert repos.accounts.called("give_back") == (1 if gives_back else 0)
     assert be_of(repos, account.id) == 1
+
+
+def test_delete_whose_decrement_is_unknown_keeps_the_service_and_answers_503(
+    repos: FakeRepositories, services: ServiceService
+) -> None:
+    # GIVEN a service, and a decrement whose outcome is unknown (attempts exhausted)
+    account = given_account(repos, limit=5)
+    service = services.create(account.id, "web")
+    repos.accounts.script.push("decrement", DecrementOutcome.UNKNOWN, apply=False)
+
+    # WHEN it is deleted THEN 503, and the service stays live: if the decrement did
+    # not apply, soft-deleting would leave BE above the live services (I1)
+    with pytest.raises(BackendUnavailableError):
+        services.delete(account.id, service.id)
+    assert stored_service(repos, account.id, service.id)["deleted"] is False
+    assert repos.accounts.called("give_back") == 0
 
 
 def test_two_deletes_of_one_service_decrement_once(
