@@ -14,7 +14,7 @@ to reach branches the real backend only reaches under races or faults, and read
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -457,6 +457,11 @@ class FakeCountRepository(_Recorder, CountRepository):
         self._scripted("get", account_id)
         item = self.table.get(account_pk(account_id), count_sk())
         return Count.model_validate(item) if item else None
+
+    def get_many(self, account_ids: Sequence[str]) -> list[Count]:
+        self._scripted("get_many", *account_ids)
+        items = (self.table.get(account_pk(a), count_sk()) for a in account_ids)
+        return [Count.model_validate(i) for i in items if i]
 
     def all_of(self, account_id: str) -> list[Count]:
         self._scripted("all_of", account_id)

@@ -81,14 +81,16 @@ class StreamProcessor:
         grouped = changes_by_account(batch)
         report.relevant = sum(len(c) for c in grouped.values())
         failed: set[str] = set()
+        touched: set[str] = set()
         for account_id, changes in grouped.items():
             try:
-                self._settle(account_id, _latest_actions(changes), report)
+                self._settle(account_id, _latest_actions(changes), report, touched)
             except Exception:
                 # Report and move on: the failed account's records are redelivered.
                 logger.exception("account %s not settled", account_id)
                 failed.add(account_id)
                 report.failed_accounts.append(account_id)
+        self._publish_hints(touched)
         # Lambda resumes from the earliest failed record; later ones are redelivered
         # too, which the item conditions make harmless.
         report.failed_sequence = next(
@@ -109,14 +111,22 @@ class StreamProcessor:
             service = self._services.get(account_id, item_id, consistent=True)
             planned[item_id] = action_for(service.model_dump()) if service else None
         report.relevant = len(planned)
-        self._settle(account_id, planned, report)
+        touched: set[str] = set()
+        try:
+            self._settle(account_id, planned, report, touched)
+        finally:
+            self._publish_hints(touched)
         return report
 
     def _settle(
-        self, account_id: str, planned: dict[str, Action | None], report: BatchReport
+        self,
+        account_id: str,
+        planned: dict[str, Action | None],
+        report: BatchReport,
+        touched: set[str],
     ) -> None:
+        """Apply ``planned`` for one account; adds it to ``touched`` once a chunk commits."""
         todo = {item: action for item, action in planned.items() if action is not None}
-        touched = False
         # ``attempts`` bounds the transactions that changed nothing (conflicts,
         # throttling); a committed chunk or a re-planned item is progress. An item is
         # re-planned at most twice (its states only move forward), so this bound is
@@ -132,7 +142,7 @@ class StreamProcessor:
                 logger.warning("account %s is gone; dropping %d changes", account_id, len(todo))
                 return
             if outcome.committed:
-                touched = True
+                touched.add(account_id)
                 for item_id, action in chunk:
                     report.applied[action.value] = report.applied.get(action.value, 0) + 1
                     del todo[item_id]
@@ -150,21 +160,30 @@ class StreamProcessor:
                 failures += 1
             if outcome.contended:
                 self._sleep(backoff(failures))
-        # Publish what was committed even if some changes are left for a retry.
-        if touched:
-            self._publish_hint(account_id)
         if todo:
             raise AccountNotSettledError(f"{len(todo)} changes left for account {account_id}")
 
-    def _publish_hint(self, account_id: str) -> None:
-        """Copy the eventual count onto the Account (never backwards); best effort."""
+    def _publish_hints(self, account_ids: set[str]) -> None:
+        """Copy each eventual count onto its Account (never backwards); best effort.
+
+        Runs for what was committed even when some changes are left for a retry. One
+        consistent batch read serves every account of the batch.
+        """
+        if not account_ids:
+            return
         try:
-            count = self._counts.get(account_id, consistent=True)
-            if count is not None:
-                self._accounts.record_eventual_count(account_id, count.count_value, count.version)
+            counts = self._counts.get_many(sorted(account_ids))
         except CounterError as error:
-            # The count is committed; a stale hint only makes limit checks lean on BE.
-            logger.warning("hint for account %s not updated: %s", account_id, error)
+            logger.warning("hints not updated: %s", error)
+            return
+        for count in counts:
+            try:
+                self._accounts.record_eventual_count(
+                    count.account_id, count.count_value, count.version
+                )
+            except CounterError as error:
+                # The count is committed; a stale hint only makes limit checks lean on BE.
+                logger.warning("hint for account %s not updated: %s", count.account_id, error)
 
 
 def _latest_actions(changes: list[ItemChange]) -> dict[str, Action | None]:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Final
 
 from chalicelib.entities import COUNT_PREFIX, Count, account_pk, count_sk
 from chalicelib.repositories.dynamo import (
@@ -14,6 +15,10 @@ from chalicelib.repositories.dynamo import (
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
+
+#: BatchGetItem takes at most 100 keys.
+_BATCH_GET_LIMIT: Final = 100
+_MAX_BATCH_ROUNDS: Final = 10
 
 
 class CountRepository:
@@ -32,6 +37,29 @@ class CountRepository:
             )
         item = response.get("Item")
         return Count.model_validate(from_item(item)) if item else None
+
+    def get_many(self, account_ids: Sequence[str]) -> list[Count]:
+        """Consistent batch read of several accounts' Count items (missing ones skipped)."""
+        found: list[Count] = []
+        for start in range(0, len(account_ids), _BATCH_GET_LIMIT):
+            keys: list[Any] = [
+                to_item({"PK": account_pk(a), "SK": count_sk()})
+                for a in account_ids[start : start + _BATCH_GET_LIMIT]
+            ]
+            for _ in range(_MAX_BATCH_ROUNDS):  # unprocessed keys come back when throttled
+                if not keys:
+                    break
+                with unavailable_as_domain_error("read counts"):
+                    response = self._client.batch_get_item(
+                        RequestItems={self._table: {"Keys": keys, "ConsistentRead": True}}
+                    )
+                found += [
+                    Count.model_validate(from_item(i))
+                    for i in response.get("Responses", {}).get(self._table, [])
+                ]
+                unprocessed = response.get("UnprocessedKeys", {}).get(self._table)
+                keys = list(unprocessed["Keys"]) if unprocessed else []
+        return found
 
     def all_of(self, account_id: str) -> list[Count]:
         with unavailable_as_domain_error("list counts"):
