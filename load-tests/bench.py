@@ -110,7 +110,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--stock-moto",
         action="store_true",
         help="run moto unpatched: table-copying transactions, slow GetRecords "
-        "(see harness/moto_patch.py)",
+        "(see infrastructure/local/moto_patches.py)",
     )
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "artifacts" / "bench")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -402,7 +402,11 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "API": f"waitress, {API_THREADS} threads, one process with the stream processor",
         "backend": "moto 5.2.5, requests serialised"
-        + ("" if args.stock_moto else ", item-level transaction rollback (harness/moto_patch.py)"),
+        + (
+            ""
+            if args.stock_moto
+            else ", item-level transaction rollback (infrastructure/local/moto_patches.py)"
+        ),
     }
     plot_path = args.out / "counts.png"
     report.plot(runs, plot_path)

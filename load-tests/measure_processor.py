@@ -20,7 +20,7 @@ from the template for each measurement, and prints two tables:
    when idle).
 
 ``--backend item-rollback`` runs the backend with the bench harness's moto patch
-(``load-tests/harness/moto_patch.py``): moto copies the whole table, stream included,
+(``infrastructure/local/moto_patches.py``): moto copies the whole table, stream included,
 on every ``TransactWriteItems``, which DynamoDB does not; with the patch a
 transaction's cost no longer grows with the table. Counts do not depend on it; lag does.
 """
@@ -69,14 +69,6 @@ BATCH_SIZES: Final = (10, 100, 1000)
 MAX_POLL_STEPS: Final = 100_000
 DRAIN_TIMEOUT_SECONDS: Final = 600.0
 
-_PATCHED_BACKEND: Final = (
-    "import sys; sys.path[:0] = [{load_tests!r}, {repo!r}]\n"
-    "from harness import moto_patch\n"
-    "moto_patch.install()\n"
-    "from infrastructure.local.backend import main\n"
-    "sys.exit(main(sys.argv[1:]))\n"
-)
-
 
 # -- the stack ---------------------------------------------------------------------------
 
@@ -91,10 +83,8 @@ def backend_process(kind: str) -> Iterator[str]:
         port = int(probe.getsockname()[1])
     arguments = ["--port", str(port), "--parent-pid", str(os.getpid())]
     if kind == "stock":
-        command = [sys.executable, "-m", "infrastructure.local.backend", *arguments]
-    else:
-        code = _PATCHED_BACKEND.format(load_tests=str(LOAD_TESTS), repo=str(REPO_ROOT))
-        command = [sys.executable, "-c", code, *arguments]
+        arguments.append("--stock-moto")
+    command = [sys.executable, "-m", "infrastructure.local.backend", *arguments]
     process = subprocess.Popen(
         command,
         cwd=REPO_ROOT,

@@ -33,6 +33,8 @@ from moto.moto_server.werkzeug_app import (
 )
 from werkzeug.serving import BaseWSGIServer, make_server
 
+from infrastructure.local import moto_patches
+
 DEFAULT_HOST: Final = "127.0.0.1"
 #: LocalStack's edge port, so ``localstack-client`` and ``AWS_ENDPOINT_URL`` work unchanged.
 DEFAULT_PORT: Final = 4566
@@ -164,9 +166,14 @@ class EmbeddedBackend:
     Usable as a context manager.
     """
 
-    def __init__(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> None:
+    def __init__(
+        self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *, patch_moto: bool = True
+    ) -> None:
         self._host = host
         self._port = port
+        # moto copies every touched table on each transaction and serialises stream
+        # reads slowly: costs DynamoDB does not have, which stall the local counter.
+        self._patch_moto = patch_moto
         self._server: BaseWSGIServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -181,6 +188,8 @@ class EmbeddedBackend:
         """Bind, serve in a thread, wait until it answers; return the URL."""
         if self._server is not None:
             return self.url
+        if self._patch_moto:
+            moto_patches.install()
         self._server = make_server(
             self._host, self._port, create_app(), threaded=True, request_handler=_RequestHandler
         )
@@ -229,6 +238,11 @@ def main(argv: list[str] | None = None) -> int:
         "--port", type=int, default=DEFAULT_PORT, help="port on 127.0.0.1 (0: any free port)"
     )
     parser.add_argument(
+        "--stock-moto",
+        action="store_true",
+        help="do not apply infrastructure/local/moto_patches.py",
+    )
+    parser.add_argument(
         "--parent-pid",
         type=int,
         default=None,
@@ -245,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
 
-    backend = EmbeddedBackend(DEFAULT_HOST, args.port)
+    backend = EmbeddedBackend(DEFAULT_HOST, args.port, patch_moto=not args.stock_moto)
     try:
         url = backend.start()
     except OSError as error:

@@ -1,4 +1,7 @@
-"""Two patches of moto's costs that DynamoDB does not have (bench backend only).
+"""Two patches of moto's costs that DynamoDB does not have.
+
+Applied by the embedded backend (``make run``, the test suite and the bench) unless
+``--stock-moto`` is given. Written for the bench first, where they were measured.
 
 1. Item-level rollback for ``TransactWriteItems``.
 
@@ -140,10 +143,10 @@ def install() -> bool:
     """Patch moto in this process (idempotent). ``True`` if it was installed now."""
     if getattr(DynamoDBBackend, _INSTALLED_FLAG, False):
         return False
-    DynamoDBStreamsHandler.get_records = _get_records_as_json  # type: ignore[method-assign]
+    DynamoDBStreamsHandler.get_records = _get_records_as_json  # type: ignore[method-assign,assignment]
     shim = types.SimpleNamespace(deepcopy=_no_table_copy, copy=copy.copy)
-    dynamodb_models.copy = shim  # type: ignore[attr-defined]
-    DynamoDBBackend.transact_write_items = _with_item_level_rollback(  # type: ignore[method-assign]
+    dynamodb_models.copy = shim  # type: ignore[attr-defined,assignment]
+    DynamoDBBackend.transact_write_items = _with_item_level_rollback(  # type: ignore[method-assign,assignment]
         DynamoDBBackend.transact_write_items
     )
     setattr(DynamoDBBackend, _INSTALLED_FLAG, True)

@@ -3,7 +3,7 @@
 ``python -m harness.backend --port N --parent-pid P`` (``load-tests`` on the path).
 Everything but the two additions below is ``infrastructure.local.backend``:
 
-* :mod:`harness.moto_patch` is applied first (unless ``--stock-moto``);
+* :mod:`infrastructure.local.moto_patches` is applied by the backend (unless ``--stock-moto``);
 * the serialised WSGI app measures how long each request held the backend (the time
   inside the request lock), by the ``X-Bench-Role`` header the API process's hooks
   add and the operation (``X-Amz-Target`` or the query API's ``Action``).
@@ -23,7 +23,6 @@ from typing import Any, Final
 from urllib.parse import parse_qs
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
-from harness import moto_patch
 from infrastructure.local import backend
 
 BUSY_PATH: Final = "/_bench/busy"
@@ -108,8 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--stock-moto", action="store_true")
     own, rest = parser.parse_known_args(argv)
-    if not own.stock_moto:
-        moto_patch.install()
+    if own.stock_moto:
+        rest.append("--stock-moto")
     # EmbeddedBackend builds its app with the module's create_app: give it ours.
     backend.create_app = instrumented_create_app(BusyTime())  # type: ignore[assignment]
     return backend.main(rest)

@@ -1,7 +1,7 @@
 """The local stack the bench runs on, from the project's own local runtime modules.
 
 * the embedded backend (``infrastructure.local.backend``), in its own process, with
-  :mod:`harness.moto_patch` applied first (``harness.backend``);
+  :mod:`infrastructure.local.moto_patches` applied (unless ``--stock-moto``);
 * one CloudFormation stack per run, provisioned from ``infrastructure/template.yaml``
   (``infrastructure.local.provision``), so every strategy and scenario starts on a
   fresh table with the real indexes and stream;

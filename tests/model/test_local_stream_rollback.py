@@ -1,20 +1,18 @@
-"""A local-runtime bug the model test found: the stream poller skips a record after a
-failed transaction (moto's rollback reuses sequence numbers).
+"""A local-runtime bug the model test found: the stream poller skipped a record after a
+failed transaction (stock moto's rollback reuses sequence numbers).
 
-moto applies a ``TransactWriteItems`` item by item and, when one condition fails,
+Stock moto applies a ``TransactWriteItems`` item by item and, when one condition fails,
 puts back a deep copy of the table taken before, stream shard included. The writes
 already applied stay in the *old* shard object as phantom records. A shard iterator
 taken before the rollback still reads that old shard: the poller receives the phantom
 and remembers its sequence number. The restored shard hands the same sequence numbers
 to the next real records, so when the poller re-acquires its iterator "after the last
 record read" it skips them. The processor's duplicate deliveries fail their
-transactions routinely, so ``make run`` can lose a service's INSERT (counted only
-when the healer's stuck recovery finds it, 15 minutes later).
+transactions routinely, so ``make run`` could lose a service's INSERT.
 
-The model and stress tests work around it with :func:`tests.delivery.poll_fresh`.
-This test is a strict xfail: it fails while the bug is there and flips once the
-poller (or the embedded backend) is fixed.
-"""
+Fixed in the embedded backend: ``infrastructure/local/moto_patches.py`` rolls back
+item by item and keeps the shard object, so no phantom is ever readable (the backend
+serialises requests). This test pins that fix."""
 
 from __future__ import annotations
 
@@ -50,11 +48,6 @@ def table(backend_url: str) -> Iterator[tuple[DynamoDBClient, str, str]]:
     client.delete_table(TableName=name)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (local runtime): moto's transaction rollback reuses stream sequence "
-    "numbers; StreamPoller skips the record after a phantom",
-)
 def test_a_record_written_after_a_failed_transaction_is_delivered(
     table: tuple[DynamoDBClient, str, str],
 ) -> None:
