@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING
 
@@ -14,6 +14,7 @@ from chalicelib.counting.dead_letters import Tier2Queue
 from chalicelib.counting.healer import Healer
 from chalicelib.counting.processor import StreamProcessor
 from chalicelib.counting.replay import DeadLetterReplayer
+from chalicelib.entities import utc_now
 from chalicelib.repositories.accounts import AccountRepository
 from chalicelib.repositories.counts import CountRepository
 from chalicelib.repositories.ledger import CountLedger
@@ -36,6 +37,10 @@ class Container:
     """
 
     settings: Settings
+
+    def clock(self) -> datetime:
+        """The healer's notion of now (tests move it forward instead of sleeping)."""
+        return utc_now()
 
     def _config(self, **retries: int | str) -> Config:
         return Config(
@@ -130,6 +135,7 @@ class Container:
             quiet=timedelta(seconds=self.settings.heal_quiet_seconds),
             stuck_after=timedelta(seconds=self.settings.stuck_after_seconds),
             batch_limit=self.settings.heal_batch_limit,
+            clock=self.clock,
         )
 
     @cached_property

@@ -11,12 +11,10 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable
 from dataclasses import replace
-from datetime import timedelta
-from functools import cached_property
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
 
 from chalicelib.bootstrap import Container
-from chalicelib.counting.healer import Healer
 from chalicelib.entities import utc_now
 from chalicelib.settings import Settings
 from infrastructure.local.event_sources import (
@@ -79,18 +77,8 @@ class ClockedContainer(Container):
 
     ahead = timedelta()
 
-    @cached_property
-    def healer(self) -> Healer:
-        return Healer(
-            self.accounts,
-            self.services,
-            self.counts,
-            self.processor,
-            quiet=timedelta(seconds=self.settings.heal_quiet_seconds),
-            stuck_after=timedelta(seconds=self.settings.stuck_after_seconds),
-            batch_limit=self.settings.heal_batch_limit,
-            clock=lambda: utc_now() + self.ahead,
-        )
+    def clock(self) -> datetime:
+        return utc_now() + self.ahead
 
 
 def fast_stream_settings(**overrides: Any) -> StreamSettings:
