@@ -236,8 +236,15 @@ class CapacityMeter:
             size = sum(item_size(i) for i in parsed.get("Items", []))
             return read_units(size, consistent=consistent)
         if operation == "BatchGetItem":
-            items = [i for items in parsed.get("Responses", {}).values() for i in items]
-            return sum(read_units(item_size(i), consistent=False) for i in items)
+            # Consistency is chosen per table inside RequestItems.
+            requested = params.get("RequestItems", {})
+            return sum(
+                read_units(
+                    item_size(i), consistent=bool(requested.get(table, {}).get("ConsistentRead"))
+                )
+                for table, items in parsed.get("Responses", {}).items()
+                for i in items
+            )
         raise ValueError(f"no read price for {operation}")
 
 
