@@ -68,3 +68,14 @@ dlq: $(STAMP)
 
 heal: $(STAMP)
 	$(LOCAL_AWS_ENV) $(BIN)/python -m infrastructure.counterctl heal
+
+# The long run of the fault tests (docs/invariants.md): the model-based test for
+# SOAK_SECONDS and the hot-account stress test for STRESS_SECONDS; the counts of steps
+# and of fault injections by kind are printed and kept in artifacts/soak/.
+.PHONY: soak
+SOAK_SECONDS ?= 600
+STRESS_SECONDS ?= 120
+soak: $(STAMP)
+	COUNTER_SOAK=1 COUNTER_SOAK_SECONDS=$(SOAK_SECONDS) COUNTER_STRESS_SECONDS=$(STRESS_SECONDS) \
+		$(BIN)/pytest -p no:cacheprovider -q tests/model/test_counter_model.py tests/stress; \
+	status=$$?; cat artifacts/soak/model.json artifacts/soak/stress.json 2>/dev/null; exit $$status

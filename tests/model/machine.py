@@ -182,6 +182,7 @@ class World:
     #: What the pollers call; each example points them at its own handlers.
     stream_handler: Callable[[dict[str, Any], LambdaContext], object] | None = None
     tier1_handler: Callable[[dict[str, Any], LambdaContext], object] | None = None
+    closed: bool = False
 
     @classmethod
     def build(cls, outputs: StackOutputs, http: Client) -> World:
@@ -219,6 +220,23 @@ class World:
             ),
         )
         return world
+
+    def close(self) -> None:
+        """Drop the stack's table and the backend's shard iterators (memory).
+
+        moto keeps every shard iterator it hands out, each holding its stream shard,
+        which holds its table: after a failed transaction swaps the table for a copy,
+        the old copy stays alive through them. Over a soak that grows without bound.
+        """
+        from moto.dynamodbstreams.models import dynamodbstreams_backends
+
+        if self.closed:
+            return
+        self.closed = True
+        self.reader.delete_table(TableName=self.outputs.table_name)
+        for account in dynamodbstreams_backends.values():
+            for backend in account.values():
+                backend.shard_iterators.clear()
 
 
 # -- fault profiles -------------------------------------------------------------------------
@@ -347,6 +365,8 @@ class CounterMachine(RuleBasedStateMachine):
         #: False while a step runs: set by the invariant once everything held.
         self.step_ok = False
         self._step_faults = (0, 0)
+        self.steps_since_drain = 0
+        self.outages = 0
 
     # -- setup and teardown -----------------------------------------------------------
 
@@ -494,6 +514,7 @@ class CounterMachine(RuleBasedStateMachine):
         """Attribute this step's API faults to accounts; record the step."""
         self.step_ok = False
         self.stats.steps[name] += 1
+        self.steps_since_drain = 0 if name == "drain" else self.steps_since_drain + 1
         injections = [i for i in self.api_faults.log if i.kind != FaultKind.INTERLEAVE]
         for injection in injections[self._attributed :]:
             if injection.operation in WRITES:
@@ -507,6 +528,7 @@ class CounterMachine(RuleBasedStateMachine):
 
     # -- API rules --------------------------------------------------------------------------
 
+    @precondition(lambda self: len(self._existing()) < 4)
     @rule(limit=st.integers(0, 5))
     def create_account(self, limit: int) -> None:
         self._create_account(limit)
@@ -568,6 +590,12 @@ class CounterMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.has_accounts)
     @rule(pick=st.integers(0, 2**16), which=st.integers(0, 2**16))
     def delete_service(self, pick: int, which: int) -> None:
+        self._delete_service(pick, which, None)
+
+    @precondition(lambda self: self.has_accounts)
+    @rule(pick=st.integers(0, 2**16), which=st.integers(0, 2**16))
+    def delete_another_service(self, pick: int, which: int) -> None:
+        # Deletes as likely as creates.
         self._delete_service(pick, which, None)
 
     @precondition(lambda self: self.has_accounts)
@@ -719,6 +747,7 @@ class CounterMachine(RuleBasedStateMachine):
 
     # -- outages ------------------------------------------------------------------------------
 
+    @precondition(lambda self: self.outages < 4)
     @rule(
         request=st.sampled_from(sorted(API_TARGETS)),
         kind=st.sampled_from(["throttle", "server_error", "conflict", "ambiguous"]),
@@ -727,6 +756,7 @@ class CounterMachine(RuleBasedStateMachine):
     def outage(self, request: str, kind: str, attempts: int) -> None:
         """The next ``attempts`` API requests of one kind fail the same way (a short outage)."""
         operation, where = API_TARGETS[request]
+        self.outages += 1
         add = getattr(self.api_faults, kind)
         add(operation, where=where, when=times(attempts), first=True)
         self._after_step("outage")
@@ -753,6 +783,12 @@ class CounterMachine(RuleBasedStateMachine):
         self._unchanged_liveness("process", lambda: self._poll(steps))
 
     @precondition(lambda self: self.has_accounts)
+    @rule(steps=st.integers(1, 4))
+    def process_again(self, steps: int) -> None:
+        # Processing under faults, twice as likely as the other steps.
+        self._unchanged_liveness("process", lambda: self._poll(steps))
+
+    @precondition(lambda self: self.has_accounts)
     @rule(steps=st.integers(1, 3), release=st.booleans())
     def replay_tier1(self, steps: int, release: bool) -> None:
         assert self.delivery is not None
@@ -767,7 +803,7 @@ class CounterMachine(RuleBasedStateMachine):
 
         self._unchanged_liveness("replay_tier1", replay)
 
-    @precondition(lambda self: self.has_accounts)
+    @precondition(lambda self: self.has_accounts and self.steps_since_drain >= 5)
     @rule()
     def drain(self) -> None:
         """Faults off until everything is processed; then I2 holds for every account."""
