@@ -9,9 +9,10 @@ account's partition with one consistent query at a time (an atomic snapshot on t
 serialised embedded backend) and checks:
 
 * I1 ``0 <= BE <= live`` at every sample;
-* I3 ``live <= limit + u + c + d`` at every sample (docs/invariants.md): ``u`` bounds
-  the undercount the injected faults can have caused so far, ``c`` and ``d`` are the
-  creates and deletes in flight (high-water marks over the sample);
+* I3 ``BE <= limit`` and ``live <= limit + u + c + d`` at every sample
+  (docs/invariants.md): ``u`` bounds the undercount the injected faults can have caused
+  so far, ``c`` and ``d`` are the creates and deletes in flight (high-water marks over
+  the sample); ``live <= limit + u`` once the clients have stopped;
 * I4 on every reply: a status, body and headers the OpenAPI document allows; no 500.
 
 At the end the faults stop, everything drains, the healer runs, and the counters
@@ -315,6 +316,10 @@ def sampler(
             found.append(f"not a snapshot: {partition.describe()}")
         if not 0 <= partition.be <= partition.live:
             found.append(f"I1 broken: {partition.describe()}")
+        if partition.be > LIMIT:
+            # The limit does not change and the healer does not run during the load:
+            # only an increment that ignored the limit can take BE past it.
+            found.append(f"I3 broken: BE above the limit: {partition.describe()}")
         bound = LIMIT + u + creating + deleting
         if partition.live > bound:
             found.append(
@@ -391,6 +396,9 @@ def test_a_hot_account_keeps_its_limit_and_its_contract_under_faults_and_converg
     assert not sources.is_alive()
 
     # THEN every sample kept I1 and the I3 bound, and every reply kept the contract
+    quiet = read_partition(boto3.client("dynamodb"), hot.outputs.table_name, hot.account_id)
+    u = traffic.unavailable + undercount_faults(hot.api_faults)
+    assert quiet.live <= LIMIT + u, f"I3 broken with nothing in flight: u {u}, {quiet.describe()}"
     assert not source_errors, source_errors
     assert samples, "the sampler took no sample"
     assert not found, found[:5]
