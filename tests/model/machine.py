@@ -124,6 +124,7 @@ API_TARGETS: Final[dict[str, tuple[str, Predicate | None]]] = {
 #: is not raced, an account left drifting and unmarked for the healer (I5) is counted.
 #: ``COUNTER_MODEL_KNOWN_BUGS=1`` races and checks them like everything else.
 KNOWN_BUGS: Final = os.environ.get("COUNTER_MODEL_KNOWN_BUGS") == "1"
+SOAK: Final = os.environ.get("COUNTER_SOAK") == "1"
 #: Races on a create, between its put and its increment.
 CREATE_RACES: Final = ("process", "lower_limit", "create") + (
     ("delete_listed",) if KNOWN_BUGS else ()
@@ -377,10 +378,12 @@ class CounterMachine(RuleBasedStateMachine):
         # Fault rates come from the seed, not from strategies that shrink towards 0:
         # small runs would otherwise mostly try the fault-free profile.
         self.rng = random.Random(seed)
+        # The short run of the normal suite always has faults; a soak also tries none.
+        calm = [0.0] if SOAK else []
         self.profile = Profile(
-            api=self.rng.choice([0.0, 0.02, 0.05, 0.1]),
-            processor=self.rng.choice([0.0, 0.05, 0.15, 0.3]),
-            delivery=self.rng.choice([0.0, 0.1, 0.25]),
+            api=self.rng.choice([*calm, 0.02, 0.05, 0.1]),
+            processor=self.rng.choice([*calm, 0.05, 0.15, 0.3]),
+            delivery=self.rng.choice([*calm, 0.1, 0.25]),
             seed=seed,
         )
         delivery = self.profile.delivery
@@ -676,6 +679,29 @@ class CounterMachine(RuleBasedStateMachine):
         else:
             assert reply.status == 503, reply.status
             model.exists = after.account is not None
+
+    @precondition(lambda self: any(not m.exists for m in self.accounts.values()))
+    @rule(
+        pick=st.integers(0, 2**16),
+        request=st.sampled_from(["create_service", "change_limit", "delete", "usage"]),
+    )
+    def touch_deleted_account(self, pick: int, request: str) -> None:
+        """Requests for a deleted account: 404, and nothing written (no phantom, I6)."""
+        gone = [m for m in self.accounts.values() if not m.exists]
+        model = gone[pick % len(gone)]
+        method, path, body = {
+            "create_service": ("POST", "/services", {"account_id": model.id, "name": "late"}),
+            "change_limit": ("PUT", f"/accounts/{model.id}", {"max_number_of_services": 3}),
+            "delete": ("DELETE", f"/accounts/{model.id}", None),
+            "usage": ("GET", f"/accounts/{model.id}/usage", None),
+        }[request]
+        reply = self._call(method, path, body)
+        self._after_step("touch_deleted_account")
+        assert reply.status in (404, 503), (request, reply.status)
+        after = self._partition(model.id)
+        assert after.account is None, after.describe()
+        assert after.count is None, after.describe()
+        assert not after.services, after.describe()
 
     @precondition(lambda self: self.has_accounts)
     @rule(pick=st.integers(0, 2**16))
