@@ -301,7 +301,8 @@ def processor_faults(profile: Profile, rng: random.Random) -> FaultInjector:
     faults.throttle(tx, where=counts_transaction, when=faults.probability(p / 2))
     faults.ambiguous(tx, where=counts_transaction, when=faults.probability(p))
     faults.server_error(tx, where=counts_transaction, when=faults.probability(p / 3))
-    for operation in ("GetItem", "Query", "UpdateItem"):
+    # Reads of items and Count items (BatchGetItem: the hints), the hint and heal writes.
+    for operation in ("GetItem", "BatchGetItem", "Query", "UpdateItem"):
         faults.throttle(operation, when=faults.probability(p / 2))
         faults.server_error(operation, when=faults.probability(p / 3))
         faults.ambiguous(operation, when=faults.probability(p / 2))
@@ -360,7 +361,6 @@ class CounterMachine(RuleBasedStateMachine):
         self.crash_log = InjectionLog()
         self.observer = I1Observer(self.world.reader, self.world.outputs.table_name)
         self._attributed = 0
-        self._step_started = 0
         self._race_rules: list[Rule] = []
         self._raced: list[str] = []
         #: False while a step runs: set by the invariant once everything held.

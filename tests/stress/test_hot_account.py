@@ -200,7 +200,7 @@ def hot(hot_stack: StackOutputs, api_url: str) -> Iterator[Hot]:
     proc_faults.throttle(tx, where=counts_transaction, when=q(0.05))
     proc_faults.ambiguous(tx, where=counts_transaction, when=q(0.1))
     proc_faults.server_error(tx, where=counts_transaction, when=q(0.03))
-    for operation in ("GetItem", "UpdateItem"):
+    for operation in ("GetItem", "BatchGetItem", "UpdateItem"):
         proc_faults.throttle(operation, when=q(0.05))
         proc_faults.ambiguous(operation, when=q(0.05))
     crash_log = InjectionLog()
