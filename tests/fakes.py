@@ -291,6 +291,10 @@ class FakeAccountRepository(_Recorder, AccountRepository):
             int(item.get("number_of_services", 0)) < limit and int(item.get("ec_hint", 0)) < limit
         ):
             return IncrementOutcome.LIMIT_REACHED
+        debt = int(item.get("be_debt", 0))
+        if debt > 0:
+            self._write(account_id, {"be_debt": debt - 1}, counted=True)
+            return IncrementOutcome.APPLIED
         self._write(
             account_id,
             {"number_of_services": int(item.get("number_of_services", 0)) + 1},
@@ -309,8 +313,11 @@ class FakeAccountRepository(_Recorder, AccountRepository):
 
     def _decrement(self, account_id: str) -> DecrementOutcome:
         item = self._item(account_id)
-        if item is None or int(item.get("number_of_services", 0)) <= 0:
+        if item is None:
             return DecrementOutcome.SKIPPED
+        if int(item.get("number_of_services", 0)) <= 0:
+            self._write(account_id, {"be_debt": int(item.get("be_debt", 0)) + 1}, counted=True)
+            return DecrementOutcome.OWED
         self._write(
             account_id,
             {"number_of_services": int(item["number_of_services"]) - 1},
@@ -321,7 +328,9 @@ class FakeAccountRepository(_Recorder, AccountRepository):
     def give_back(self, account_id: str) -> None:
         self._scripted("give_back", account_id)
         item = self._item(account_id)
-        if item is not None:
+        if item is not None and int(item.get("be_debt", 0)) > 0:
+            self._write(account_id, {"be_debt": int(item["be_debt"]) - 1}, counted=True)
+        elif item is not None:
             self._write(
                 account_id,
                 {"number_of_services": int(item.get("number_of_services", 0)) + 1},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import functools
 import zlib
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -41,6 +42,12 @@ if TYPE_CHECKING:
 ACCOUNTS_INDEX: Final = "AccountsIndex"
 HEAL_INDEX: Final = "HealIndex"
 _ACCOUNTS_INDEX_KEYS: Final = frozenset({"PK", "SK", "listing", "created_at"})
+_BELOW_LIMIT: Final = (
+    "number_of_services < max_number_of_services AND ec_hint < max_number_of_services"
+)
+_NO_DEBT: Final = "(attribute_not_exists(be_debt) OR be_debt = :zero)"
+#: Rounds of a counter write that races a concurrent debt change (bounded).
+_LEDGER_ROUNDS: Final = 3
 #: Marks an account for the healer; if_not_exists keeps the index entry stable so
 #: repeated writes to a busy account do not rewrite the index.
 _MARK_FOR_HEAL: Final = (
@@ -60,6 +67,9 @@ class IncrementOutcome(enum.Enum):
 
 class DecrementOutcome(enum.Enum):
     APPLIED = "applied"
+    #: The counter was at 0 although the service is live (its create's increment is
+    #: still in flight, or was lost): recorded as a debt the next increment pays.
+    OWED = "owed"
     #: Counter already 0 (or account gone): nothing to take back later.
     SKIPPED = "skipped"
     UNKNOWN = "unknown"
@@ -289,14 +299,18 @@ class AccountRepository:
 
     # -- best-effort counter -------------------------------------------------------
 
-    def _counter_update(self, account_id: str, delta: int, condition: str) -> dict[str, Any]:
+    def _counter_update(
+        self, account_id: str, condition: str, *, delta: int = 0, debt: int = 0
+    ) -> dict[str, Any]:
+        """A best-effort counter write: BE += delta or debt += debt, revision += 1."""
         now = timestamp(self._clock())
+        adds = "revision :one" + (", be_debt :debt" if debt else "")
         return {
             "TableName": self._table,
             "Key": self._key(account_id),
             "UpdateExpression": (
                 f"SET number_of_services = number_of_services + :delta, updated_at = :now, "
-                f"{_MARK_FOR_HEAL} ADD revision :one"
+                f"{_MARK_FOR_HEAL} ADD {adds}"
             ),
             "ConditionExpression": condition,
             "ExpressionAttributeValues": to_values(
@@ -306,6 +320,9 @@ class AccountRepository:
                     ":one": 1,
                     ":shard": heal_shard(account_id, self._heal_shards),
                 }
+                | ({":debt": debt} if debt else {})
+                # DynamoDB rejects values the expressions do not use.
+                | ({":zero": 0} if ":zero" in condition else {})
             ),
             "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
         }
@@ -315,51 +332,92 @@ class AccountRepository:
 
         Retried only when the error proves the write was not applied; an ambiguous
         failure is reported as UNKNOWN and never retried (a retry could overcount).
+        A debt left by a delete that found the counter at 0 is paid instead of adding.
         """
-        request = self._counter_update(
-            account_id,
-            1,
-            "number_of_services < max_number_of_services AND ec_hint < max_number_of_services",
-        )
-        try:
-            retry(
-                lambda: self._increment_client.update_item(**request),
-                retryable=proves_not_applied,
-                attempts=self._increment_attempts,
-            )
-        except ClientError as error:
-            if error_code(error) == CONDITION_FAILED:
-                exists = bool(error.response.get("Item"))
-                return (
-                    IncrementOutcome.LIMIT_REACHED if exists else IncrementOutcome.ACCOUNT_MISSING
+        add = self._counter_update(account_id, f"{_BELOW_LIMIT} AND {_NO_DEBT}", delta=1)
+        pay = self._counter_update(account_id, f"{_BELOW_LIMIT} AND be_debt > :zero", debt=-1)
+        request = add
+        for _ in range(_LEDGER_ROUNDS):
+            try:
+                retry(
+                    functools.partial(self._increment_client.update_item, **request),
+                    retryable=proves_not_applied,
+                    attempts=self._increment_attempts,
                 )
-            return _unapplied_or_unknown(error)
-        except Exception as error:
-            return _unapplied_or_unknown(error)
-        return IncrementOutcome.APPLIED
+            except ClientError as error:
+                if error_code(error) != CONDITION_FAILED:
+                    return _unapplied_or_unknown(error)
+                current = from_item(error.response.get("Item") or {})  # type: ignore[arg-type]
+                if not current:
+                    return IncrementOutcome.ACCOUNT_MISSING
+                limit = int(current.get("max_number_of_services", 0))
+                if (
+                    max(int(current.get("number_of_services", 0)), int(current.get("ec_hint", 0)))
+                    >= limit
+                ):
+                    return IncrementOutcome.LIMIT_REACHED
+                request = pay if int(current.get("be_debt", 0)) > 0 else add
+                continue
+            except Exception as error:
+                return _unapplied_or_unknown(error)
+            return IncrementOutcome.APPLIED
+        # The debt kept changing under us: leave this service uncounted (undercount).
+        return IncrementOutcome.NOT_APPLIED
 
     def decrement(self, account_id: str) -> DecrementOutcome:
-        """Give one slot back; guarded ``> 0``, so retries can only undercount."""
-        request = self._counter_update(
-            account_id, -1, "attribute_exists(PK) AND number_of_services > :zero"
+        """Give one slot back; guarded ``> 0``, so retries can only undercount.
+
+        At 0 with the service still live, the decrement is recorded as a debt instead:
+        the create that put the service may not have incremented yet, and its increment
+        must not count a service that is gone (I1).
+        """
+        take = self._counter_update(
+            account_id, "attribute_exists(PK) AND number_of_services > :zero", delta=-1
         )
-        request["ExpressionAttributeValues"].update(to_values({":zero": 0}))
-        try:
-            self._client.update_item(**request)
-        except ClientError as error:
-            if error_code(error) == CONDITION_FAILED:
-                return DecrementOutcome.SKIPPED
-            return DecrementOutcome.UNKNOWN
-        except Exception:
-            return DecrementOutcome.UNKNOWN
-        return DecrementOutcome.APPLIED
+        owe = self._counter_update(
+            account_id, "attribute_exists(PK) AND number_of_services = :zero", debt=1
+        )
+        for _ in range(_LEDGER_ROUNDS):
+            try:
+                self._client.update_item(**take)
+            except ClientError as error:
+                if error_code(error) != CONDITION_FAILED:
+                    return DecrementOutcome.UNKNOWN
+                if not error.response.get("Item"):
+                    return DecrementOutcome.SKIPPED
+            except Exception:
+                return DecrementOutcome.UNKNOWN
+            else:
+                return DecrementOutcome.APPLIED
+            try:
+                self._client.update_item(**owe)
+            except ClientError as error:
+                if error_code(error) != CONDITION_FAILED:
+                    return DecrementOutcome.UNKNOWN
+                if not error.response.get("Item"):
+                    return DecrementOutcome.SKIPPED
+                continue  # an increment landed meanwhile: take it from the counter
+            except Exception:
+                return DecrementOutcome.UNKNOWN
+            return DecrementOutcome.OWED
+        return DecrementOutcome.SKIPPED
 
     def give_back(self, account_id: str) -> None:
-        """Undo a decrement that turned out to be a duplicate: one attempt, no retry."""
-        request = self._counter_update(account_id, 1, "attribute_exists(PK)")
-        # Best effort: a lost give-back only undercounts.
-        with contextlib.suppress(Exception):
-            self._increment_client.update_item(**request)
+        """Undo a decrement that turned out to be a duplicate: no retries.
+
+        Cancels a debt when there is one (that never raises the counter), else adds
+        one back. Best effort: a lost give-back only undercounts.
+        """
+        cancel = self._counter_update(account_id, "be_debt > :zero", debt=-1)
+        add = self._counter_update(account_id, "attribute_exists(PK)", delta=1)
+        try:
+            self._increment_client.update_item(**cancel)
+        except ClientError as error:
+            if error_code(error) == CONDITION_FAILED and error.response.get("Item"):
+                with contextlib.suppress(Exception):
+                    self._increment_client.update_item(**add)
+        except Exception:  # noqa: S110 - an unknown outcome must not be repeated
+            pass
 
     # -- eventual counter hint and healing -----------------------------------------
 
@@ -411,7 +469,9 @@ class AccountRepository:
                 self._client.update_item(
                     TableName=self._table,
                     Key=self._key(account_id),
-                    UpdateExpression=f"{sets}REMOVE heal_shard, heal_since",
+                    # Healed (or in sync) on a quiet account: no create is in flight, so
+                    # any debt is stale and would only make BE undercount later.
+                    UpdateExpression=f"{sets}REMOVE heal_shard, heal_since, be_debt",
                     ConditionExpression=(
                         "attribute_exists(PK) AND revision = :revision AND heal_since = :since"
                     ),

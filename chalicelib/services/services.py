@@ -103,7 +103,7 @@ class ServiceService:
             # counter above the live services (I1). Keep the service; the counter may
             # undercount by one (safe, healed later) and the client retries.
             raise BackendUnavailableError("delete service")
-        decremented = decrement is DecrementOutcome.APPLIED
+        decremented = decrement in (DecrementOutcome.APPLIED, DecrementOutcome.OWED)
         outcome = self._services.soft_delete(
             account_id, service_id, request_id=self._new_id(), accounted=decremented
         )

@@ -189,7 +189,8 @@ def test_an_account_whose_services_were_all_deleted_goes_back_to_zero(
     services = create(container, account, 2)
     for service in services:
         container.service_service.delete(account, service)
-    container.accounts.give_back(account)  # what a lost decrement leaves behind
+    # what a lost decrement leaves behind
+    container.accounts.give_back(account)
     container.processor.process(tail.take([account]))
     assert counters(container, account) == (1, 0)
 

@@ -319,12 +319,38 @@ def test_increment_on_missing_account_creates_nothing(backend: Backend) -> None:
     assert account_item(backend, missing) is None
 
 
-def test_decrement_stops_at_zero(backend: Backend) -> None:
+def test_decrement_stops_at_zero_and_owes_the_rest(backend: Backend) -> None:
     account = new_account(backend)
     backend.accounts.increment(account.id)
     assert backend.accounts.decrement(account.id) is DecrementOutcome.APPLIED
-    assert backend.accounts.decrement(account.id) is DecrementOutcome.SKIPPED
+    assert backend.accounts.decrement(account.id) is DecrementOutcome.OWED
     assert be_of(backend, account.id) == 0
+
+
+def test_an_owed_decrement_is_paid_by_the_next_increment(backend: Backend) -> None:
+    # GIVEN a delete that found BE at 0 (its service's increment still in flight)
+    account = new_account(backend)
+    assert backend.accounts.decrement(account.id) is DecrementOutcome.OWED
+
+    # WHEN the in-flight increment lands THEN it pays the debt: BE stays 0
+    assert backend.accounts.increment(account.id) is IncrementOutcome.APPLIED
+    assert be_of(backend, account.id) == 0
+    # AND the next increment counts again
+    assert backend.accounts.increment(account.id) is IncrementOutcome.APPLIED
+    assert be_of(backend, account.id) == 1
+
+
+def test_a_give_back_cancels_a_debt_before_it_raises_the_counter(backend: Backend) -> None:
+    # GIVEN a debt (a delete found BE at 0)
+    account = new_account(backend)
+    assert backend.accounts.decrement(account.id) is DecrementOutcome.OWED
+
+    # WHEN a decrement is given back THEN the debt goes, BE stays 0
+    backend.accounts.give_back(account.id)
+    assert be_of(backend, account.id) == 0
+    # AND the next increment counts
+    assert backend.accounts.increment(account.id) is IncrementOutcome.APPLIED
+    assert be_of(backend, account.id) == 1
 
 
 def test_decrement_and_give_back_on_missing_account_create_nothing(backend: Backend) -> None:

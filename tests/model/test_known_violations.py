@@ -38,11 +38,6 @@ def container(outputs: StackOutputs) -> Container:
     return Container(app_settings(outputs))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (I1): a delete between a create's put and its increment, with BE at 0, "
-    "skips its decrement; the increment then counts a deleted service",
-)
 def test_a_service_deleted_while_its_create_is_in_flight_never_leaves_be_above_live(
     container: Container, outputs: StackOutputs
 ) -> None:

@@ -341,7 +341,8 @@ def test_delete_with_undercounted_best_effort_counter_stays_at_zero(
     # WHEN it is deleted
     services.delete(account.id, service.id)
 
-    # THEN the decrement is skipped (guard > 0), BE stays 0, the service is deleted
+    # THEN the decrement is owed (guard > 0), BE stays 0, the service is deleted
+    assert repos.accounts.called("decrement") == 1
     assert be_of(repos, account.id) == 0
     assert stored_service(repos, account.id, service.id)["deleted"] is True
 
