@@ -89,8 +89,11 @@ class StreamProcessor:
                 # Report and move on: the failed account's records are redelivered.
                 logger.exception("account %s not settled", account_id)
                 failed.add(account_id)
-                report.failed_accounts.append(account_id)
-        self._publish_hints(touched)
+        # Every account with relevant changes, not only those committed now: a
+        # redelivery after a crash or a failed hint finds its changes applied, and the
+        # hint (which also marks the account for the healer) must still be published.
+        failed |= self._publish_hints(set(grouped))
+        report.failed_accounts = sorted(failed)
         # Lambda resumes from the earliest failed record; later ones are redelivered
         # too, which the item conditions make harmless.
         report.failed_sequence = next(
@@ -115,7 +118,9 @@ class StreamProcessor:
         try:
             self._settle(account_id, planned, report, touched)
         finally:
-            self._publish_hints(touched)
+            unpublished = self._publish_hints({account_id})
+        if unpublished:
+            raise AccountNotSettledError(f"hint of account {account_id} not published")
         return report
 
     def _settle(
@@ -163,27 +168,32 @@ class StreamProcessor:
         if todo:
             raise AccountNotSettledError(f"{len(todo)} changes left for account {account_id}")
 
-    def _publish_hints(self, account_ids: set[str]) -> None:
-        """Copy each eventual count onto its Account (never backwards); best effort.
+    def _publish_hints(self, account_ids: set[str]) -> set[str]:
+        """Copy each eventual count onto its Account (never backwards).
 
         Runs for what was committed even when some changes are left for a retry. One
-        consistent batch read serves every account of the batch.
+        consistent batch read serves every account of the batch. Returns the accounts
+        whose hint could not be written: they are reported failed, so the records are
+        redelivered, because the hint write is also what marks an account for the
+        healer (an undercount nobody marks would never be healed).
         """
         if not account_ids:
-            return
+            return set()
         try:
             counts = self._counts.get_many(sorted(account_ids))
         except CounterError as error:
             logger.warning("hints not updated: %s", error)
-            return
+            return set(account_ids)
+        unpublished: set[str] = set()
         for count in counts:
             try:
                 self._accounts.record_eventual_count(
                     count.account_id, count.count_value, count.version
                 )
             except CounterError as error:
-                # The count is committed; a stale hint only makes limit checks lean on BE.
                 logger.warning("hint for account %s not updated: %s", count.account_id, error)
+                unpublished.add(count.account_id)
+        return unpublished
 
 
 def _latest_actions(changes: list[ItemChange]) -> dict[str, Action | None]:

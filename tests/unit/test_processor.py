@@ -386,19 +386,27 @@ def test_records_the_processor_ignores_cost_no_transaction(h: Harness) -> None:
     assert report.response() == {"batchItemFailures": []}
 
 
-def test_a_failed_hint_update_does_not_fail_the_batch(h: Harness) -> None:
+def test_a_failed_hint_update_fails_the_account_so_it_is_redelivered(h: Harness) -> None:
     # GIVEN the Account write of the hint fails (backend unavailable)
     account = h.account()
     service = h.service(account)
     h.repos.accounts.script.push(
         "record_eventual_count", None, before=_raise(BackendUnavailableError("hint"))
     )
+    record = events.insert(account, service)
 
-    # WHEN processed THEN the count is committed and the batch succeeds
-    report = h.processor.process([events.insert(account, service)])
-    assert report.response() == {"batchItemFailures": []}
+    # WHEN processed THEN the count is committed, but the record is reported failed:
+    # the hint is also what marks the account for the healer
+    report = h.processor.process([record])
+    assert report.response() == {
+        "batchItemFailures": [{"itemIdentifier": record["dynamodb"]["SequenceNumber"]}]
+    }
     assert h.count(account) == 1
     assert h.hint(account) == (0, 0)
+
+    # AND the redelivery, with the change already applied, publishes the hint
+    assert h.processor.process([record]).response() == {"batchItemFailures": []}
+    assert h.hint(account) == (1, 1)
 
 
 def _raise(error: Exception) -> Any:
