@@ -79,6 +79,11 @@ class Partition:
         return int((self.account or {}).get("number_of_services", 0))
 
     @property
+    def debt(self) -> int:
+        """Decrements owed by deletes that found BE at 0 (the next increment pays one)."""
+        return int((self.account or {}).get("be_debt", 0))
+
+    @property
     def limit(self) -> int:
         return int((self.account or {}).get("max_number_of_services", 0))
 
@@ -113,7 +118,7 @@ class Partition:
     def describe(self) -> str:
         return (
             f"account {self.account_id}: BE={self.be} live={self.live} EC={self.ec} "
-            f"hint={self.ec_hint} limit={self.limit} pending={self.pending} "
+            f"debt={self.debt} hint={self.ec_hint} limit={self.limit} pending={self.pending} "
             f"soft-deleted={self.awaiting_hard_delete} marked={self.marked_for_heal} "
             f"hint-behind={self.hint_behind}"
         )
@@ -173,18 +178,6 @@ def i5_violations(partition: Partition) -> list[str]:
     if partition.account is not None and partition.be != partition.ec:
         return [f"I5 broken: {partition.describe()}"]
     return []
-
-
-def unmarked_drift(partition: Partition) -> bool:
-    """The known I5 gap (docs/invariants.md): BE drifted from EC, the account is not
-    marked for the healer, because the processor never published the count that
-    showed the drift (its hint update failed, or it crashed after the commit)."""
-    return (
-        partition.account is not None
-        and partition.be != partition.ec
-        and not partition.marked_for_heal
-        and partition.hint_behind
-    )
 
 
 def scan_table(client: DynamoDBClient, table: str) -> list[dict[str, Any]]:

@@ -92,7 +92,6 @@ from tests.model.invariants import (
     read_partition,
     scan_table,
     stream_history,
-    unmarked_drift,
 )
 
 if TYPE_CHECKING:
@@ -119,16 +118,10 @@ API_TARGETS: Final[dict[str, tuple[str, Predicate | None]]] = {
 }
 
 
-#: Known, unfixed violations (docs/invariants.md, "Known violations") are avoided or
-#: forgiven and counted, so a soak explores past them: the ``delete_listed`` race (I1)
-#: is not raced, an account left drifting and unmarked for the healer (I5) is counted.
-#: ``COUNTER_MODEL_KNOWN_BUGS=1`` races and checks them like everything else.
-KNOWN_BUGS: Final = os.environ.get("COUNTER_MODEL_KNOWN_BUGS") == "1"
 SOAK: Final = os.environ.get("COUNTER_SOAK") == "1"
-#: Races on a create, between its put and its increment.
-CREATE_RACES: Final = ("process", "lower_limit", "create") + (
-    ("delete_listed",) if KNOWN_BUGS else ()
-)
+#: Races on a create, between its put and its increment. ``delete_listed``: a client
+#: lists the account and deletes the service whose create is still in flight.
+CREATE_RACES: Final = ("process", "lower_limit", "create", "delete_listed")
 
 
 # -- what the soak reports ----------------------------------------------------------------
@@ -144,8 +137,6 @@ class Stats:
     i1_checks: int = 0
     replies: Counter[int] = field(default_factory=Counter)
     heal_outcomes: Counter[str] = field(default_factory=Counter)
-    #: Known, unfixed violations met (and forgiven unless COUNTER_MODEL_KNOWN_BUGS=1).
-    known_gaps: Counter[str] = field(default_factory=Counter)
     started: float = field(default_factory=time.monotonic)
 
     def report(self) -> dict[str, Any]:
@@ -158,7 +149,6 @@ class Stats:
             "i1_checks": self.i1_checks,
             "replies_by_status": {str(k): v for k, v in sorted(self.replies.items())},
             "heal_outcomes": dict(sorted(self.heal_outcomes.items())),
-            "known_gaps_met": dict(sorted(self.known_gaps.items())),
             "seconds": round(time.monotonic() - self.started, 1),
         }
 
@@ -436,17 +426,8 @@ class CounterMachine(RuleBasedStateMachine):
         self._heal(after=self.world.settings.heal_quiet_seconds + 1)
         for model in self._existing():
             partition = self._partition(model.id)
-            found = i1_violations(partition) + i2_violations(partition)
-            if not self._known_i5_gap(partition):
-                found += i5_violations(partition)
+            found = i1_violations(partition) + i2_violations(partition) + i5_violations(partition)
             assert not found, (f"no convergence: {found}", self._diagnose(model.id))
-
-    def _known_i5_gap(self, partition: Partition) -> bool:
-        """Counts (and forgives, unless opted in) the known unmarked-drift gap."""
-        if not unmarked_drift(partition):
-            return False
-        self.stats.known_gaps["i5_unmarked_drift"] += 1
-        return not KNOWN_BUGS
 
     def _tally(self) -> None:
         logs = [self.api_faults.log, self.proc_faults.log, self.crash_log]
@@ -909,7 +890,7 @@ class CounterMachine(RuleBasedStateMachine):
                 assert not found, (outcome, found)
             elif outcome is None and not partition.pending and not partition.awaiting_hard_delete:
                 ec_settled = partition.ec == partition.live
-                if ec_settled and not self._known_i5_gap(partition):
+                if ec_settled:
                     found = i5_violations(partition)
                     assert not found, f"drift the healer will never see: {found}"
 
@@ -925,7 +906,8 @@ class CounterMachine(RuleBasedStateMachine):
             assert not found, (found, self._recent_faults())
             if partition.account is None:
                 raise AssertionError(f"account {model.id} vanished")
-            deficit = partition.live - partition.be
+            # The undercount, and the debt that will keep the next create uncounted.
+            deficit = partition.live - partition.be + partition.debt
             assert deficit <= model.faults_since_exact, (
                 f"undercount {deficit} > {model.faults_since_exact} faults: {partition.describe()}"
             )
