@@ -30,7 +30,6 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import boto3
@@ -733,8 +732,11 @@ class CounterMachine(RuleBasedStateMachine):
                 listed = swallow(lambda: api.service_service.page(model.id, 100, None))
                 for service in listed[0] if listed else []:
                     if service.id not in known:
+                        try:
+                            api.service_service.delete(model.id, service.id)
+                        except CounterError:
+                            continue  # its own faults: the service stays
                         self._raced.append(service.id)
-                        swallow(partial(api.service_service.delete, model.id, service.id))
 
         self._once_before("UpdateItem", all_of(INCREMENT, self._on_account(model.id)), act)
 

@@ -440,6 +440,8 @@ def test_a_hot_account_keeps_its_limit_and_its_contract_under_faults_and_converg
         "max_live": max(s.live for s in samples),
         "limit": LIMIT,
         "u_final": u,
+        "live_when_clients_stopped": quiet.live,
+        "final": {"be": final.be, "ec": final.ec, "live": final.live},
         "replies": contract.total,
         "replies_by_status": {str(k): v for k, v in contract.by_status().items()},
         "requests": {f"{k} {s}": n for (k, s), n in sorted(traffic.statuses.items())},
