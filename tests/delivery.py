@@ -50,8 +50,6 @@ from infrastructure.local.event_sources import (
     LambdaContext,
     LambdaHandler,
     OnFailureDestination,
-    StreamPoller,
-    StreamPollResult,
     StreamRecord,
     stream_failure_message,
 )
@@ -425,22 +423,3 @@ def shard_of(streams: DynamoDBStreamsClient, stream_arn: str, sequence_number: s
         if start <= wanted and (end is None or wanted <= int(end)):
             return shard["ShardId"]
     raise LookupError(f"no shard of {stream_arn} holds {sequence_number}")
-
-
-# -- polling the local stream -------------------------------------------------------------
-
-
-def poll_fresh(poller: StreamPoller) -> StreamPollResult:
-    """One step of ``poller``, reading with a shard iterator taken just now.
-
-    Works around a record-skipping bug of the local runtime with moto (see
-    ``tests/model/test_local_stream_rollback.py``): a failed ``TransactWriteItems``
-    rolls the table back to a copy, stream shard included. Writes the transaction had
-    applied stay in the old shard object as phantom records, and an iterator taken
-    before the rollback reads them; their sequence numbers are then reused by the next
-    real records, which a poller resuming after the phantom skips. Taking the iterator
-    at the start of every step never reads the old shard.
-    """
-    for shard in poller._shards.values():  # a private attribute: test-side workaround
-        shard.iterator = None
-    return poller.poll_once()

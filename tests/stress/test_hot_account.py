@@ -54,7 +54,6 @@ from tests.delivery import (
     TransactionCrash,
     counts_transaction,
     crashes_as_errors,
-    poll_fresh,
     processor_handler,
     replay_handler,
 )
@@ -229,7 +228,7 @@ def hot(hot_stack: StackOutputs, api_url: str) -> Iterator[Hot]:
         settings=SqsSettings(retry_visibility_seconds=0),
     )
     for _ in range(MAX_STEPS):  # history of earlier runs is not ours
-        if poll_fresh(stream).idle:
+        if stream.poll_once().idle:
             break
     with installed(api, api_faults):
         yield Hot(
@@ -244,7 +243,7 @@ def event_sources(hot: Hot, stop: threading.Event, errors: list[str]) -> None:
         if stop.is_set() or time.monotonic() > deadline:
             return
         try:
-            idle = poll_fresh(hot.stream).idle
+            idle = hot.stream.poll_once().idle
             if step % 10 == 0:
                 hot.tier1.poll_once()
             if step % 50 == 0:
@@ -335,7 +334,7 @@ def drain(hot: Hot) -> None:
     """Faults off; stream, held tier-1 messages, tier 1 and tier 2 until nothing is left."""
     for _round in range(3):
         for _ in range(MAX_STEPS):
-            if poll_fresh(hot.stream).idle:
+            if hot.stream.poll_once().idle:
                 break
         hot.delivery.release()
         for _ in range(MAX_STEPS):
@@ -344,7 +343,7 @@ def drain(hot: Hot) -> None:
         if not hot.proc.tier2_queue().replay().replayed:
             break
     for _ in range(MAX_STEPS):
-        if poll_fresh(hot.stream).idle:
+        if hot.stream.poll_once().idle:
             return
     raise AssertionError("the stream did not drain")
 
