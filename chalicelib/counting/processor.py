@@ -13,7 +13,6 @@ from chalicelib.counting.records import (
     ItemChange,
     action_for,
     changes_by_account,
-    relevant_change,
 )
 from chalicelib.errors import CounterError
 from chalicelib.repositories.accounts import AccountRepository
@@ -96,13 +95,9 @@ class StreamProcessor:
         report.failed_accounts = sorted(failed)
         # Lambda resumes from the earliest failed record; later ones are redelivered
         # too, which the item conditions make harmless.
-        report.failed_sequence = next(
-            (
-                str(r.get("dynamodb", {}).get("SequenceNumber"))
-                for r in batch
-                if _account_of(r) in failed
-            ),
-            None,
+        # (A batch comes from one shard: its sequence numbers order it.)
+        report.failed_sequence = min(
+            (grouped[a][0].sequence_number for a in failed), key=int, default=None
         )
         return report
 
@@ -202,8 +197,3 @@ def _latest_actions(changes: list[ItemChange]) -> dict[str, Action | None]:
     for change in changes:
         latest[change.item_id] = action_for(change.image)
     return latest
-
-
-def _account_of(record: Mapping[str, Any]) -> str | None:
-    change = relevant_change(record)
-    return change.account_id if change else None
